@@ -1,0 +1,192 @@
+"""MNIST-style data kept whole on the training device as uint8 and cut into batches by index there."""
+
+import contextlib
+import io
+import math
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DistributedSampler
+from torchvision import datasets
+
+from mnistlab.errors import ConfigError, DataError
+from mnistlab.idx import read_idx
+
+TORCHVISION_DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+ALL_FILES = [name for pair in SPLIT_FILES.values() for name in pair]
+
+
+def candidate_folders(root: Path, name: str) -> list[Path]:
+    """A plain folder holding the four IDX files, or torchvision's layout `root/<DatasetClass>/raw`."""
+    return [root, root / TORCHVISION_DATASETS[name].__name__ / "raw"]
+
+
+def find_idx_files(root: Path, name: str) -> dict[str, Path] | None:
+    """The four IDX files of `name` under `root` (plain or .gz, `-idx3` or `.idx3` spelling), or None."""
+    for folder in candidate_folders(root, name):
+        found = {}
+        for stem in ALL_FILES:
+            dotted = stem.replace("-idx", ".idx")
+            variants = (stem, f"{stem}.gz", dotted, f"{dotted}.gz")
+            hit = next((folder / v for v in variants if (folder / v).is_file()), None)
+            if hit is not None:
+                found[stem] = hit
+        if len(found) == len(ALL_FILES):
+            return found
+    return None
+
+
+def download(root: Path, name: str) -> str | None:
+    """Fetch `name` with torchvision into root/<DatasetClass>/raw; returns why it failed, or None."""
+    print(f"{name}: no IDX files under {root}, downloading with torchvision ...")
+    mirror_chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(mirror_chatter):
+            TORCHVISION_DATASETS[name](str(root), train=True, download=True)
+    except Exception as err:  # any failure to fetch ends in the same actionable message
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
+def load_split(files: dict[str, Path], split: str, image_size: int, num_classes: int):
+    """(images uint8 [N, 1, H, W], labels int64 [N]) of one split, checked against each other and the config."""
+    images_path, labels_path = (files[stem] for stem in SPLIT_FILES[split])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{images_path}: expected images shaped [N, H, W], found {tuple(images.shape)}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected labels shaped [N], found {tuple(labels.shape)}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    if tuple(images.shape[1:]) != (image_size, image_size):
+        raise DataError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, "
+                        f"but data.image_size={image_size}")
+    if len(labels) and int(labels.max()) >= num_classes:
+        raise DataError(f"{labels_path} holds label {int(labels.max())}, but data.num_classes={num_classes}")
+    return images.unsqueeze(1), labels.long()
+
+
+class RandomAffine(nn.Module):
+    """Rotation, shift and scale drawn independently for every image of a batch, on the batch's device.
+
+    torchvision's random transforms draw one set of parameters for a whole batch tensor; this draws N.
+    """
+
+    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: float = 0.1):
+        super().__init__()
+        self.degrees, self.translate, self.scale = degrees, translate, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(x.shape[0], 4, device=x.device) * 2 - 1
+        angle = u[:, 0] * math.radians(self.degrees)
+        zoom = 1 + u[:, 1] * self.scale
+        shift = u[:, 2:] * 2 * self.translate  # grid coordinates span [-1, 1]: a width is 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False)
+
+
+class DeviceBatches:
+    """Batches cut by index from tensors that already live on the training device.
+
+    `sampler` orders the indices. Lightning calls `sampler.set_epoch` at each epoch start, so a seeded
+    DistributedSampler gives a fresh, reproducible shuffle per epoch (and shards across DDP ranks).
+    """
+
+    batch_sampler = None  # Lightning reads this DataLoader attribute once a loader has a `sampler`
+
+    def __init__(self, images, labels, batch_size: int, sampler, transform, drop_last: bool = False):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler, self.transform, self.drop_last = sampler, transform, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        order = torch.tensor(list(self.sampler), device=self.images.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.transform(self.images[index]), self.labels[index]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST, Fashion-MNIST or KMNIST: official test set as test, the last `val_size` training images as
+    validation (the same slice whatever the seed), everything moved once to the device."""
+
+    def __init__(self, name: str = "mnist", root: str = "data", download: bool = True, val_size: int = 5000,
+                 batch_size: int = 128, eval_batch_size: int = 1000, mean: float = 0.1307, std: float = 0.3081,
+                 image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
+                 augment: dict | None = None, seed: int = 0):
+        super().__init__()
+        if name not in TORCHVISION_DATASETS:
+            raise ConfigError(f"data.name={name!r} is not a known dataset; choose one of "
+                              f"{', '.join(sorted(TORCHVISION_DATASETS))}")
+        self.name, self.root, self.allow_download = name, Path(root).expanduser(), download
+        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
+        self.mean, self.std, self.image_size, self.num_classes = mean, std, image_size, num_classes
+        self.augment = RandomAffine(**augment) if augment else None
+        self.seed = seed
+        self.download_error: str | None = None
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        if find_idx_files(self.root, self.name) is None and self.allow_download:
+            self.download_error = download(self.root, self.name)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        files = find_idx_files(self.root, self.name)
+        if files is None:
+            raise DataError(self._missing_files_message())
+        images, labels = load_split(files, "train", self.image_size, self.num_classes)
+        if not 0 < self.val_size < len(images):
+            raise ConfigError(f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
+                              f"the training split ({files[SPLIT_FILES['train'][0]]}) holds {len(images)} images")
+        cut = len(images) - self.val_size
+        splits = {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:]),
+                  "test": load_split(files, "test", self.image_size, self.num_classes)}
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.splits = {split: (x.to(device), y.to(device)) for split, (x, y) in splits.items()}
+
+    def _missing_files_message(self) -> str:
+        folders = " or ".join(str(folder) for folder in candidate_folders(self.root, self.name))
+        why = (f"the download failed ({self.download_error})" if self.allow_download
+               else "downloading is off (data.download=false)")
+        return (f"no {self.name} data in {folders}: expected {', '.join(ALL_FILES)} (plain or .gz); {why}. "
+                f"Copy the four files into {self.root}, or point data.root=PATH at a folder that holds them")
+
+    def normalize(self, images: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
+        """uint8 [N, 1, H, W] -> float, optionally augmented per image, then standardised with the dataset's
+        mean and std."""
+        x = images.float().div_(255)
+        if augment is not None:
+            x = augment(x)
+        return x.sub_(self.mean).div_(self.std)
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool, augment: nn.Module | None = None):
+        images, labels = self.splits[split]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=shuffle,
+                                     seed=self.seed)
+        return DeviceBatches(images, labels, batch_size, sampler, partial(self.normalize, augment=augment),
+                             drop_last=shuffle)
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self._batches("train", self.batch_size, shuffle=True, augment=self.augment)
+
+    def val_dataloader(self) -> DeviceBatches:
+        return self._batches("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._batches("test", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,13 @@
+"""Errors a user can fix; the entry points print them as one line and exit non-zero."""
+
+
+class MnistlabError(Exception):
+    """Bad input (config, data, paths): the message says what is wrong, where, and what is allowed."""
+
+
+class DataError(MnistlabError):
+    """Missing, corrupt or inconsistent dataset files."""
+
+
+class ConfigError(MnistlabError):
+    """A config value that is out of range or unknown."""

@@ -1,0 +1,122 @@
+"""Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab.errors import MnistlabError
+from mnistlab.module import Classifier
+
+
+def find_config_dir() -> Path:
+    """The Hydra configs: shipped inside an installed wheel, or the repository's configs/ in a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
+
+
+CONFIG_DIR = find_config_dir()
+
+
+def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
+    """One line naming a config-group choice that has no file (`data=emnist`), or None.
+
+    Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
+    """
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
+    except Exception:
+        return None  # not ours to judge: Hydra reports syntax errors itself
+    for override in overrides:
+        group = config_dir / override.key_or_group
+        if override.is_delete() or not group.is_dir():
+            continue
+        value = override.value()
+        if isinstance(value, ChoiceSweep):
+            choices = list(override.sweep_string_iterator())
+        elif isinstance(value, str):
+            choices = [value]
+        else:
+            continue  # glob(...) and ranges: Hydra expands those against the folder
+        options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
+        for choice in choices:
+            if choice not in options:
+                return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
+                        f"choose one of: {', '.join(options)}")
+    return None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then test the best checkpoint on the official test set; returns the final metrics."""
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    module = Classifier(net=OmegaConf.to_container(cfg.model, resolve=True),
+                        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise MnistlabError(f"training was interrupted; checkpoints so far are in {run_dir / 'checkpoints'}")
+    val_acc_best = float(trainer.callback_metrics.get("val/acc_best", float("nan")))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+
+    epochs = trainer.current_epoch
+    metrics = {
+        "test/acc": float(trainer.callback_metrics["test/acc"]),
+        "test/loss": float(trainer.callback_metrics["test/loss"]),
+        "val/acc_best": val_acc_best,
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - start, 3),
+        "seconds_per_epoch": round(fit_seconds / max(epochs, 1), 3),
+        "best_checkpoint": best,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print_summary(metrics, run_dir)
+    return metrics
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    logs_root = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir
+    print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, "
+          f"best val accuracy {metrics['val/acc_best']:.4f}, {metrics['epochs']} epochs, "
+          f"{metrics['seconds_per_epoch']:.1f} s/epoch)")
+    print(f"run folder    {run_dir}")
+    print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
+    print(f"tensorboard   tensorboard --logdir {logs_root}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)["val/acc_best"]
+    except MnistlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """`python train.py` and `mnistlab-train`: check config choices, then hand over to Hydra."""
+    problem = unknown_choice(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()

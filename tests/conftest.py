@@ -1,0 +1,33 @@
+"""Shared fixtures: small synthetic IDX datasets and a runner for the real `python train.py`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnistlab.synthetic import write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# Fast settings for end-to-end runs on the synthetic data (1200 training images, 300 test images).
+FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=500", "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=5"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=1200, n_test=300)
+
+
+def offline_env() -> dict:
+    """The environment with every download routed to a closed local port: offline, whatever the machine."""
+    closed = "http://127.0.0.1:9"
+    return {**os.environ, "http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed,
+            "HTTPS_PROXY": closed, "no_proxy": "", "NO_PROXY": ""}
+
+
+def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python train.py OVERRIDES...` exactly as a user types it, from the repository root."""
+    return subprocess.run([sys.executable, "train.py", *overrides], cwd=cwd, env=offline_env(),
+                          capture_output=True, text=True, timeout=timeout)
