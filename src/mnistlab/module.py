@@ -9,17 +9,18 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class Classifier(pl.LightningModule):
-    """Trains `net` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus the params).
+    """Trains the network `model` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus the params) and an
+    optional per-batch `scheduler` (a partial taking the optimizer and the run's total steps).
 
-    Both configs are saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the
-    exact network without the run's config files.
+    The configs are saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact
+    network without the run's config files.
     """
 
-    def __init__(self, net: dict, optimizer: dict):
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        self.net = instantiate(net)
-        num_classes = self.net.fc2.out_features
+        self.net = instantiate(model)
+        num_classes = model["num_classes"]
         # validate_args=False: the argument checks sync with the host on every update.
         metric = dict(num_classes=num_classes, average="micro", validate_args=False)
         self.train_acc = MulticlassAccuracy(**metric)
@@ -56,5 +57,10 @@ class Classifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_acc)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return instantiate(self.hparams.optimizer, params=self.parameters())
+    def configure_optimizers(self):
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

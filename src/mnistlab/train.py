@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,8 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
+# pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
@@ -62,8 +65,8 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
     datamodule = instantiate(cfg.data)
-    module = Classifier(net=OmegaConf.to_container(cfg.model, resolve=True),
-                        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True))
+    module = Classifier(**{part: OmegaConf.to_container(cfg[part], resolve=True)
+                           for part in ("model", "optimizer", "scheduler")})
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -95,13 +98,14 @@ def train(cfg: DictConfig) -> dict:
 
 
 def print_summary(metrics: dict, run_dir: Path) -> None:
-    logs_root = run_dir.parents[2] if len(run_dir.parents) > 2 else run_dir
+    logs = Path("logs").resolve()
+    logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
     print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, "
           f"best val accuracy {metrics['val/acc_best']:.4f}, {metrics['epochs']} epochs, "
           f"{metrics['seconds_per_epoch']:.1f} s/epoch)")
     print(f"run folder    {run_dir}")
     print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
-    print(f"tensorboard   tensorboard --logdir {logs_root}")
+    print(f"tensorboard   tensorboard --logdir {logdir}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -1,0 +1,67 @@
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from mnistlab.data import MNISTDataModule
+from mnistlab.module import Classifier
+from mnistlab.schedules import cosine
+
+MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}
+
+
+def test_cosine_schedule_follows_the_papers_formula():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = cosine(optimizer, total_steps=100)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    for step in (0, 25, 50, 73, 100):
+        assert math.isclose(lrs[step], 0.1 * (1 + math.cos(math.pi * step / 100)) / 2, abs_tol=1e-9)
+
+
+def fit(module, root, **trainer_args) -> pl.Trainer:
+    data = MNISTDataModule(root=str(root), val_size=200, batch_size=32, eval_batch_size=200, download=False)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, **trainer_args)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def test_scheduler_steps_once_per_batch_over_the_whole_run(synthetic_root):
+    module = Classifier(MODEL, SGD, {"_target_": "mnistlab.schedules.cosine", "_partial_": True})
+    trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=5)
+    schedule = trainer.lr_scheduler_configs[0]
+    assert schedule.interval == "step" and schedule.scheduler.T_max == 10
+    assert trainer.global_step == 10
+    assert math.isclose(trainer.optimizers[0].param_groups[0]["lr"], 0.0, abs_tol=1e-12)  # decayed to zero
+
+
+def test_without_a_scheduler_the_lr_stays_put(synthetic_root):
+    trainer = fit(Classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=3)
+    assert trainer.lr_scheduler_configs == []
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.1
+
+
+def test_metrics_are_logged_per_stage_and_best_validation_accuracy_is_kept(synthetic_root):
+    module = Classifier(MODEL, SGD, {})
+    trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=10)
+    logged = trainer.callback_metrics
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(logged)
+    assert 0 <= float(logged["val/acc"]) <= float(logged["val/acc_best"]) <= 1
+    trainer.test(module, datamodule=trainer.datamodule, verbose=False)
+    assert 0 <= float(trainer.callback_metrics["test/acc"]) <= 1
+
+
+def test_checkpoint_rebuilds_the_network_from_its_saved_configs(tmp_path):
+    module = Classifier(MODEL, SGD, {})
+    trainer = pl.Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    restored = Classifier.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert restored.hparams.model == MODEL and restored.hparams.optimizer == SGD
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(restored.eval()(x), module.eval()(x))
