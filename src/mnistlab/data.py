@@ -164,7 +164,7 @@ class MNISTDataModule(pl.LightningDataModule):
         why = (f"the download failed ({self.download_error})" if self.allow_download
                else "downloading is off (data.download=false)")
         return (f"no {self.name} data in {folders}: expected {', '.join(ALL_FILES)} (plain or .gz); {why}. "
-                f"Copy the four files into {self.root}, or point data.root=PATH at a folder that holds them")
+                f"copy the four files into {self.root}, or point data.root=PATH at a folder that holds them")
 
     def normalize(self, images: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
         """uint8 [N, 1, H, W] -> float, optionally augmented per image, then standardised with the dataset's

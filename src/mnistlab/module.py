@@ -9,8 +9,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class Classifier(pl.LightningModule):
-    """Trains the network `model` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus the params) and an
-    optional per-batch `scheduler` (a partial taking the optimizer and the run's total steps).
+    """Trains the network `model` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus
+    the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the total steps).
 
     The configs are saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact
     network without the run's config files.

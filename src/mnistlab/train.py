@@ -76,8 +76,6 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
-    if trainer.interrupted:
-        raise MnistlabError(f"training was interrupted; checkpoints so far are in {run_dir / 'checkpoints'}")
     val_acc_best = float(trainer.callback_metrics.get("val/acc_best", float("nan")))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -102,7 +100,7 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
     print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, "
           f"best val accuracy {metrics['val/acc_best']:.4f}, {metrics['epochs']} epochs, "
-          f"{metrics['seconds_per_epoch']:.1f} s/epoch)")
+          f"{metrics['seconds_per_epoch']:.1f} s per epoch with validation)")
     print(f"run folder    {run_dir}")
     print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
     print(f"tensorboard   tensorboard --logdir {logdir}")
