@@ -6,6 +6,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .conftest import FAST, REPO, offline_env, run_train
@@ -79,3 +81,25 @@ def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(target / "mnistlab" / "configs")
     assert "name: baseline" in result.stdout
+
+
+def test_a_corrupt_data_folder_ends_in_one_line_naming_the_file(tmp_path, synthetic_root):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in synthetic_root.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    images = broken / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[: len(images.read_bytes()) // 2])  # cut off mid-stream
+    result = run_train(f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {images}: ")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so trainer=gpu builds")
+def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root):
+    result = run_train("trainer=gpu", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Error in call to target 'pytorch_lightning.trainer.trainer.Trainer': "
+        "MisconfigurationException('No supported gpu backend found!') full_key: trainer")

@@ -12,7 +12,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import MnistlabError
@@ -110,8 +112,9 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
 def hydra_main(cfg: DictConfig) -> float:
     try:
         return train(cfg)["val/acc_best"]
-    except MnistlabError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (MnistlabError, InstantiationException, MisconfigurationException) as err:
+        # A config that cannot be built (trainer=gpu without a GPU, a bad key) is bad input too: one line.
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
 
 
