@@ -110,7 +110,9 @@ class DeviceBatches:
 
     def __len__(self) -> int:
         n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     def __iter__(self):
         order = torch.tensor(list(self.sampler), device=self.images.device)

@@ -1,9 +1,85 @@
-"""Learning-rate schedules, stepped once per batch; each takes the optimizer and the run's total steps."""
+"""Learning-rate schedules (paper section 3.1 and 5.1), stepped once per batch, built from torch's schedulers.
+
+Each takes the optimizer, the run's total steps and steps per epoch, and an optional linear warmup: lr goes
+from warmup_start_factor * lr to lr over warmup_epochs, then the schedule runs over the remaining steps.
+With warmup_epochs=0 there is no warmup wrapper at all.
+"""
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    SequentialLR,
+    StepLR,
+)
+
+from mnistlab.errors import ConfigError
 
 
-def cosine(optimizer: Optimizer, total_steps: int) -> LRScheduler:
-    """The paper's cosine decay: lr_t = lr * (1 + cos(pi * t / T)) / 2, from lr at step 0 to 0 at step T."""
-    return CosineAnnealingLR(optimizer, T_max=total_steps)
+def _warmup_steps(warmup_epochs: float, total_steps: int, steps_per_epoch: float) -> int:
+    if warmup_epochs < 0:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} must be >= 0")
+    steps = round(warmup_epochs * steps_per_epoch)
+    if warmup_epochs and steps >= total_steps:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} is not shorter than the training run "
+                          f"({total_steps / steps_per_epoch:g} epochs)")
+    return steps
+
+
+def _with_warmup(optimizer: Optimizer, make_main, total_steps: int, steps_per_epoch: float,
+                 warmup_epochs: float, warmup_start_factor: float) -> LRScheduler:
+    warmup = _warmup_steps(warmup_epochs, total_steps, steps_per_epoch)
+    if warmup == 0:
+        return make_main(total_steps, 0)
+    ramp = LinearLR(optimizer, start_factor=warmup_start_factor, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, make_main(total_steps - warmup, warmup)], milestones=[warmup])
+
+
+def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, warmup_epochs: float = 0,
+             warmup_start_factor: float = 0.01) -> LRScheduler | None:
+    """The optimizer's lr throughout (after the warmup, if any); None when there is nothing to schedule."""
+    if _warmup_steps(warmup_epochs, total_steps, steps_per_epoch) == 0:
+        return None
+    return _with_warmup(optimizer, lambda steps, _: ConstantLR(optimizer, factor=1.0, total_iters=0),
+                        total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor)
+
+
+def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, step_epochs: float = 3,
+         gamma: float = 0.1, warmup_epochs: float = 0, warmup_start_factor: float = 0.01) -> LRScheduler:
+    """lr * gamma^k after every `step_epochs` epochs (counted from the end of the warmup)."""
+    every = max(1, round(step_epochs * steps_per_epoch))
+    return _with_warmup(optimizer, lambda steps, _: StepLR(optimizer, step_size=every, gamma=gamma),
+                        total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor)
+
+
+def multistep(optimizer: Optimizer, total_steps: int, steps_per_epoch: float,
+              milestones: tuple[float, ...] = (5, 8), gamma: float = 0.1, warmup_epochs: float = 0,
+              warmup_start_factor: float = 0.01) -> LRScheduler:
+    """lr * gamma at each milestone, given in epochs from the start of the run."""
+    def make(steps, offset):
+        return MultiStepLR(optimizer, [round(m * steps_per_epoch) - offset for m in milestones], gamma=gamma)
+
+    return _with_warmup(optimizer, make, total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor)
+
+
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, warmup_epochs: float = 0,
+           warmup_start_factor: float = 0.01) -> LRScheduler:
+    """The paper's cosine decay: lr_t = lr * (1 + cos(pi * t / T)) / 2 over the T steps after the warmup."""
+    return _with_warmup(optimizer, lambda steps, _: CosineAnnealingLR(optimizer, T_max=steps),
+                        total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor)
+
+
+def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, pct_start: float = 0.25,
+             div_factor: float = 25.0, warmup_epochs: float = 0) -> LRScheduler:
+    """Smith's one-cycle: a cosine ramp from lr / div_factor up to lr over pct_start of the run, then a
+    cosine anneal down to nearly zero. The ramp is its own warmup, so warmup_epochs must stay 0."""
+    if warmup_epochs:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}: onecycle has its own warmup; use 0")
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                      div_factor=div_factor, cycle_momentum=False)
+

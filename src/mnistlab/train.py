@@ -66,9 +66,9 @@ def train(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision("high")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
 
+    parts = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data)
-    module = Classifier(**{part: OmegaConf.to_container(cfg[part], resolve=True)
-                           for part in ("model", "optimizer", "scheduler")})
+    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -80,7 +80,11 @@ def train(cfg: DictConfig) -> dict:
     fit_seconds = time.perf_counter() - start
     val_acc_best = float(trainer.callback_metrics.get("val/acc_best", float("nan")))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+    if best:
+        # The checkpoint holds the weights that were validated: under EMA/SWA, the averaged ones. (Lightning's
+        # ckpt_path="best" would restore the raw weights while a weight-averaging callback is attached.)
+        module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
+    trainer.test(module, datamodule=datamodule)
 
     epochs = trainer.current_epoch
     metrics = {
@@ -114,6 +118,8 @@ def hydra_main(cfg: DictConfig) -> float:
         return train(cfg)["val/acc_best"]
     except (MnistlabError, InstantiationException, MisconfigurationException) as err:
         # A config that cannot be built (trainer=gpu without a GPU, a bad key) is bad input too: one line.
+        if isinstance(err.__cause__, MnistlabError):  # raised by our code inside a Hydra-instantiated target
+            err = err.__cause__
         print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         sys.exit(2)
 

@@ -1,0 +1,66 @@
+"""Every experiment composes with `+experiment=NAME` and runs end to end on CPU (real `python train.py`)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mnistlab.train import CONFIG_DIR
+
+from .conftest import REPO, offline_env, run_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+NEEDS_A_CHECKPOINT = {"distill": "tricks.distill_teacher", "transfer": "tricks.init_from"}
+TINY = ["data.val_size=200", "data.batch_size=64", "trainer.max_epochs=2", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"]
+
+
+def test_the_issue_lists_every_experiment():
+    listed = ["baseline", "label_smoothing", "mixup", "cutmix", "cosine", "warmup", "large_batch", "amp", "bn",
+              "stride", "kernel3", "no_bias_decay", "distill", "ema", "augment", "transfer", "bag_of_tricks"]
+    assert sorted(listed) == EXPERIMENTS
+
+
+def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
+    sweep = tmp_path / "sweep"
+    exclude = ",".join(NEEDS_A_CHECKPOINT)
+    result = subprocess.run([sys.executable, "train.py", "-m", f"+experiment=glob(*,exclude=[{exclude}])",
+                             f"data.root={synthetic_root}", *TINY, f"hydra.sweep.dir={sweep}"],
+                            cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        name = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["name"]
+        finished[name] = json.loads((job / "metrics.json").read_text())
+    assert sorted(finished) == sorted(set(EXPERIMENTS) - set(NEEDS_A_CHECKPOINT))
+    for name, metrics in finished.items():
+        assert metrics["epochs"] == 2 and 0 <= metrics["test/acc"] <= 1, name
+
+    # The two that start from an earlier run get the baseline's checkpoint.
+    checkpoint = next(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").read_text()
+                      .count("+experiment=baseline")) / "checkpoints" / "last.ckpt"
+    for name, key in NEEDS_A_CHECKPOINT.items():
+        run_dir = tmp_path / name
+        done = run_train(f"+experiment={name}", f"{key}={checkpoint}", f"data.root={synthetic_root}", *TINY,
+                         f"hydra.run.dir={run_dir}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    (["tricks.label_smoothing=1.0"], "error: tricks.label_smoothing=1.0 must be in [0, 1)"),
+    (["tricks.mixup_alpha=-0.2"], "error: tricks.mixup_alpha=-0.2 must be >= 0 (0 turns mixup off)"),
+    (["+experiment=warmup", "scheduler.warmup_epochs=3"],
+     "error: scheduler.warmup_epochs=3 is not shorter than the training run (2 epochs)"),
+    (["+experiment=distill"],
+     "error: tricks.distill_teacher=<path to a checkpoint of an earlier run>: no such checkpoint file"),
+    (["model.downsample=average"], "error: model.downsample='average' is not one of pool, stride"),
+])
+def test_invalid_values_stop_before_training_with_one_line(tmp_path, synthetic_root, overrides, says):
+    run_dir = tmp_path / "run"
+    result = run_train(*overrides, f"data.root={synthetic_root}", *TINY, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == says
+    assert not (run_dir / "checkpoints").exists()
