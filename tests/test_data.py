@@ -89,9 +89,15 @@ def test_augmentation_draws_fresh_parameters_for_every_image():
     assert (distances + torch.eye(16) > 1e-3).all(), "two copies of one image got the same transform"
 
 
-def test_augmentation_with_zero_ranges_is_the_identity():
+def test_augmentation_with_zero_ranges_is_the_identity_and_hflip_mirrors():
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(RandomAffine(degrees=0, translate=0, scale=0)(x), x, atol=1e-5)
+    assert torch.allclose(RandomAffine(degrees=0, translate=0, scale=0, hflip=1.0)(x), x.flip(-1), atol=1e-5)
+    torch.manual_seed(0)
+    one = x[:1].expand(400, -1, -1, -1)
+    flipped = RandomAffine(degrees=0, translate=0, scale=0, hflip=0.5)(one)
+    mirrored = (flipped - one.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert 150 < int(mirrored.sum()) < 250  # about half, each image drawn on its own
 
 
 def test_augmentation_touches_the_training_split_only(synthetic_root):

@@ -75,22 +75,24 @@ def load_split(files: dict[str, Path], split: str, image_size: int, num_classes:
 
 
 class RandomAffine(nn.Module):
-    """Rotation, shift and scale drawn independently for every image of a batch, on the batch's device.
-
-    torchvision's random transforms draw one set of parameters for a whole batch tensor; this draws N.
+    """Rotation, shift, scale and (optionally) a horizontal flip, drawn independently for every image of a
+    batch, on the batch's device. torchvision's random transforms draw one set of parameters for a whole
+    batch tensor; this draws N. Flip only what is symmetric (clothing, not digits): `hflip` is a probability.
     """
 
-    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: float = 0.1):
+    def __init__(self, degrees: float = 10.0, translate: float = 0.1, scale: float = 0.1, hflip: float = 0.0):
         super().__init__()
-        self.degrees, self.translate, self.scale = degrees, translate, scale
+        self.degrees, self.translate, self.scale, self.hflip = degrees, translate, scale, hflip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(x.shape[0], 4, device=x.device) * 2 - 1
-        angle = u[:, 0] * math.radians(self.degrees)
-        zoom = 1 + u[:, 1] * self.scale
-        shift = u[:, 2:] * 2 * self.translate  # grid coordinates span [-1, 1]: a width is 2
+        u = torch.rand(x.shape[0], 5, device=x.device)
+        angle = (u[:, 0] * 2 - 1) * math.radians(self.degrees)
+        zoom = 1 + (u[:, 1] * 2 - 1) * self.scale
+        shift = (u[:, 2:4] * 2 - 1) * 2 * self.translate  # grid coordinates span [-1, 1]: a width is 2
+        mirror = torch.where(u[:, 4] < self.hflip, -1.0, 1.0)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
+                             torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, align_corners=False)
 
