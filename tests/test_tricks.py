@@ -326,6 +326,7 @@ def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic
     ({"cutmix_alpha": -1}, "tricks.cutmix_alpha=-1 must be >= 0"),
     ({"mix_prob": 1.5}, "tricks.mix_prob=1.5 must be in [0, 1]"),
     ({"distill_temperature": 0}, "tricks.distill_temperature=0 must be > 0"),
+    ({"freeze_conv": True}, "tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT"),
 ])
 def test_out_of_range_tricks_are_config_errors(setting, says):
     with pytest.raises(ConfigError) as info:

@@ -29,7 +29,7 @@ class Classifier(pl.LightningModule):
                  init_from: str | None = None, freeze_conv: bool = False, channels_last: bool = False):
         super().__init__()
         check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_last_epochs, distill_weight,
-                     distill_temperature)
+                     distill_temperature, freeze_conv and not init_from)
         self.save_hyperparameters(logger=False)
         self.net = instantiate(model)
         if init_from:
@@ -120,7 +120,7 @@ class Classifier(pl.LightningModule):
 
 
 def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_last_epochs, distill_weight,
-                 distill_temperature) -> None:
+                 distill_temperature, freezing_nothing) -> None:
     """Reject out-of-range trick settings before anything is built, one line each."""
     checks = [
         (0 <= label_smoothing < 1, f"tricks.label_smoothing={label_smoothing} must be in [0, 1)"),
@@ -130,6 +130,7 @@ def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_l
         (mix_off_last_epochs >= 0, f"tricks.mix_off_last_epochs={mix_off_last_epochs} must be >= 0"),
         (0 <= distill_weight <= 1, f"tricks.distill_weight={distill_weight} must be in [0, 1]"),
         (distill_temperature > 0, f"tricks.distill_temperature={distill_temperature} must be > 0"),
+        (not freezing_nothing, "tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT"),
     ]
     for ok, message in checks:
         if not ok:
