@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(parts)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
