@@ -1,7 +1,5 @@
 """The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
 
-from pathlib import Path
-
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -139,9 +137,7 @@ def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_l
 
 def load_teacher(checkpoint: str, num_classes: int) -> torch.nn.Module:
     """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation."""
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"tricks.distill_teacher={checkpoint}: no such checkpoint file")
+    path = tricks.existing_checkpoint(checkpoint, "tricks.distill_teacher")
     try:
         teacher = Classifier.load_from_checkpoint(path, map_location="cpu").net
     except Exception as err:

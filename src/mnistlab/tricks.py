@@ -60,11 +60,17 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - weight) * hard_loss + weight * temperature**2 * soft
 
 
-def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
+def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
+    """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ConfigError(f"{what}={checkpoint}: no such checkpoint file")
+    return path
+
+
+def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
+    path = existing_checkpoint(checkpoint, what)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as err:
