@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from mnistlab.data import MNISTDataModule, RandomAffine, find_idx_files
+from mnistlab.data import MNISTDataModule, RandomAffine, RandomErasing, find_idx_files
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.idx import read_idx
 from mnistlab.synthetic import write_synthetic_dataset
@@ -147,3 +147,20 @@ def test_image_label_count_mismatch_names_both_files(tmp_path, synthetic_root):
 def test_wrong_image_size_is_reported(synthetic_root):
     with pytest.raises(DataError, match=r"holds 28x28 images, but data.image_size=32"):
         make_module(synthetic_root, image_size=32)
+
+
+def test_random_erasing_blanks_one_rectangle_per_chosen_image():
+    ones = torch.ones(400, 1, 28, 28)
+    assert torch.equal(RandomErasing(p=0.0)(ones), ones)
+    erased = RandomErasing(p=1.0, scale=(0.02, 0.33))(ones)[:, 0] == 0
+    for mask in erased:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert mask.sum() == box  # the zeros fill their bounding box: one rectangle
+        assert 0.02 * 784 * 0.5 <= mask.sum() <= 0.33 * 784 * 1.2  # area drawn from scale (pixel rounding aside)
+    areas = erased.float().mean((1, 2))
+    assert abs(areas.mean().item() - (0.02 + 0.33) / 2) < 0.03  # the area fraction is uniform on the scale range
+    # Each image draws its own box, and p picks which images are erased.
+    assert len({m.numpy().tobytes() for m in erased}) > 350
+    half = RandomErasing(p=0.5)(ones)
+    assert 0.4 < (half.amin((1, 2, 3)) == 0).float().mean() < 0.6

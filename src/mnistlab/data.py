@@ -97,6 +97,42 @@ class RandomAffine(nn.Module):
         return F.grid_sample(x, grid, align_corners=False)
 
 
+class RandomErasing(nn.Module):
+    """Random erasing (Zhong et al., arXiv 1708.04896) drawn independently for every image: with probability
+    `p`, one rectangle covering `scale` of the image at aspect ratio `ratio` is set to 0, the background.
+    Rectangles larger than the image are clipped to it (torchvision retries instead)."""
+
+    def __init__(self, p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3)):
+        super().__init__()
+        self.p, self.scale, self.log_ratio = p, scale, (math.log(ratio[0]), math.log(ratio[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        u = torch.rand(n, 5, device=x.device)
+        area = (self.scale[0] + u[:, 0] * (self.scale[1] - self.scale[0])) * height * width
+        aspect = torch.exp(self.log_ratio[0] + u[:, 1] * (self.log_ratio[1] - self.log_ratio[0]))
+        box_h = (area * aspect).sqrt().clamp(max=height)
+        box_w = (area / aspect).sqrt().clamp(max=width)
+        top, left = u[:, 2] * (height - box_h), u[:, 3] * (width - box_w)
+        rows = torch.arange(height, device=x.device).view(1, -1, 1)
+        cols = torch.arange(width, device=x.device).view(1, 1, -1)
+        inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))
+                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1)))
+        erase = inside & (u[:, 4] < self.p).view(-1, 1, 1)
+        return x.masked_fill(erase.unsqueeze(1), 0.0)
+
+
+def build_augment(degrees: float = 0.0, translate: float = 0.0, scale: float = 0.0, hflip: float = 0.0,
+                  erase: float = 0.0) -> nn.Module:
+    """The `data.augment` settings as one module: the affine part, then random erasing with probability
+    `erase` (0 = off)."""
+    steps = [RandomAffine(degrees, translate, scale, hflip)]
+    if erase > 0:
+        steps.append(RandomErasing(p=erase))
+    return nn.Sequential(*steps)
+
+
 class DeviceBatches:
     """Batches cut by index from tensors that already live on the training device.
 
@@ -138,7 +174,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.name, self.root, self.allow_download = name, Path(root).expanduser(), download
         self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
         self.mean, self.std, self.image_size, self.num_classes = mean, std, image_size, num_classes
-        self.augment = RandomAffine(**augment) if augment else None
+        self.augment = build_augment(**augment) if augment else None
         self.seed = seed
         self.download_error: str | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
