@@ -214,6 +214,20 @@ class MNISTDataModule(pl.LightningDataModule):
             x = augment(x)
         return x.sub_(self.mean).div_(self.std)
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised images back to [0, 1], for display."""
+        return (x * self.std + self.mean).clamp(0, 1)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Short class names: "0" for MNIST's "0 - zero", torchvision's names otherwise."""
+        return [name.split(" - ")[0] for name in TORCHVISION_DATASETS[self.name].classes][: self.num_classes]
+
+    def first_images(self, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` standardised images of a split and their labels: a fixed set to watch."""
+        images, labels = self.splits[split]
+        return self.normalize(images[:count]), labels[:count]
+
     def _batches(self, split: str, batch_size: int, shuffle: bool, augment: nn.Module | None = None):
         images, labels = self.splits[split]
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)

@@ -27,6 +27,7 @@ class SeedNet(nn.Module):
         super().__init__()
         if downsample not in DOWNSAMPLING:
             raise ConfigError(f"model.downsample={downsample!r} is not one of {', '.join(DOWNSAMPLING)}")
+        self.input_shape = (in_channels, image_size, image_size)
         first, second = conv_channels
         conv = dict(kernel_size=kernel_size, dilation=dilation, stride=2 if downsample == "stride" else 1,
                     bias=not batch_norm)

@@ -1,5 +1,7 @@
 """The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
 
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,8 @@ class Classifier(pl.LightningModule):
                      distill_temperature, freeze_conv and not init_from)
         self.save_hyperparameters(logger=False)
         self.net = instantiate(model)
+        # One input batch: Lightning's model summary shows each layer's in/out sizes with it.
+        self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:
             tricks.transfer_weights(self.net, init_from, freeze_conv)
         if channels_last:
@@ -83,15 +87,16 @@ class Classifier(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         accuracy.update(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True)
+        return logits
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val", self.val_acc)  # the logits, for inspection.ValidationAnalysis
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best.update(self.val_acc.compute())
@@ -135,13 +140,20 @@ def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_l
             raise ConfigError(message)
 
 
+def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
+    """A trained Classifier (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
+    Missing or unreadable files end in one ConfigError line."""
+    path = tricks.existing_checkpoint(checkpoint, what)
+    try:
+        return Classifier.load_from_checkpoint(path, map_location="cpu")
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint ({reason})") from None
+
+
 def load_teacher(checkpoint: str, num_classes: int) -> torch.nn.Module:
     """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation."""
-    path = tricks.existing_checkpoint(checkpoint, "tricks.distill_teacher")
-    try:
-        teacher = Classifier.load_from_checkpoint(path, map_location="cpu").net
-    except Exception as err:
-        raise ConfigError(f"tricks.distill_teacher={checkpoint}: not a mnistlab checkpoint ({err})") from None
+    teacher = load_classifier(checkpoint, "tricks.distill_teacher").net
     if teacher.fc2.out_features != num_classes:
         raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {teacher.fc2.out_features} "
                           f"classes, this run {num_classes}")

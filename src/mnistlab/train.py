@@ -18,6 +18,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import MnistlabError
+from mnistlab.inspection import log_hparams
 from mnistlab.module import Classifier
 
 
@@ -72,8 +73,6 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(parts)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -97,6 +96,7 @@ def train(cfg: DictConfig) -> dict:
         "best_checkpoint": best,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log_hparams(trainer, parts, metrics)
     print_summary(metrics, run_dir)
     return metrics
 

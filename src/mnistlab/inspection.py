@@ -1,0 +1,298 @@
+"""What a run shows in TensorBoard besides Lightning's scalars: filters, feature maps, the first training
+batch, validation mistakes, the confusion matrix, calibration, per-class accuracy, histograms, the embedding
+projector, and the HPARAMS record with the final metrics.
+
+Each callback is one entry of configs/callbacks/default.yaml (drop one with `~callbacks.NAME`). None of them
+reads the device every step: images and histograms are drawn once per epoch (or every N), validation
+statistics accumulate on the device and are read once at the epoch's end.
+"""
+
+import contextlib
+import math
+import warnings
+
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
+from torchvision.utils import make_grid
+
+FINAL_METRICS = ("test/acc", "test/loss", "val/acc_best")
+
+
+def tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
+    """The run's TensorBoard writer, or None when the run has no TensorBoard logger or this is not rank 0."""
+    if not trainer.is_global_zero:
+        return None
+    return next((logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
+
+
+def tile_grid(tiles: torch.Tensor, per_row: int, zoom: int) -> torch.Tensor:
+    """[N, 1, h, w] -> one [3, H, W] image: each tile scaled to [0, 1] on its own and enlarged `zoom` times
+    (nearest neighbour, so a 5x5 filter stays 25 visible squares), 2 pixels between tiles."""
+    tiles = F.interpolate(tiles.detach().float().cpu(), scale_factor=zoom, mode="nearest")
+    return make_grid(tiles, nrow=per_row, padding=2, normalize=True, scale_each=True, pad_value=1.0)
+
+
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module):
+    """Eval mode without gradients (BatchNorm uses its statistics and does not update them), then back."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    return every_n_epochs > 0 and trainer.current_epoch % every_n_epochs == 0
+
+
+class ModelGraph(pl.Callback):
+    """The network's graph in the GRAPHS tab, traced once when fitting starts."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        example = pl_module.example_input_array.to(pl_module.device)
+        with evaluating(pl_module.net), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation; add_graph uses it
+            writer.add_graph(pl_module.net, example)
+
+
+class FilterImages(pl.Callback):
+    """The seed's "how do we get the convolution filters?" (`model.conv1.weight`): each layer's weights as an
+    image grid, every N epochs."""
+
+    def __init__(self, layers: tuple[str, ...] = ("conv1", "conv2"), every_n_epochs: int = 1, zoom: int = 4):
+        self.layers, self.every_n_epochs, self.zoom = layers, every_n_epochs, zoom
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not due(trainer, self.every_n_epochs):
+            return
+        for name, grid in filter_grids(pl_module.net, self.layers, self.zoom).items():
+            writer.add_image(f"filters/{name}", grid, trainer.global_step)
+
+
+def filter_grids(net: torch.nn.Module, layers, zoom: int) -> dict[str, torch.Tensor]:
+    """{layer: [3, H, W] image of its filters}: a row per output channel, a column per input channel
+    (ten filters a row when there is one input channel)."""
+    grids = {}
+    for name in layers:
+        weight = net.get_submodule(name).weight  # [out, in, kH, kW]
+        out_channels, in_channels, height, width = weight.shape
+        per_row = in_channels if in_channels > 1 else 10
+        grids[name] = tile_grid(weight.reshape(out_channels * in_channels, 1, height, width), per_row, zoom)
+    return grids
+
+
+class FeatureMaps(pl.Callback):
+    """The outputs of the chosen layers for a fixed set of validation images (the first `num_images`), after
+    every N-th validation: one row per image, one tile per channel, beside the inputs themselves."""
+
+    def __init__(self, layers: tuple[str, ...] = ("conv1", "conv2"), num_images: int = 4, every_n_epochs: int = 1,
+                 zoom: int = 2):
+        self.layers, self.num_images, self.every_n_epochs, self.zoom = layers, num_images, every_n_epochs, zoom
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or trainer.sanity_checking or not due(trainer, self.every_n_epochs):
+            return
+        images, _ = trainer.datamodule.first_images("val", self.num_images)
+        for name, grid in feature_map_grids(pl_module.net, images, self.layers, self.zoom).items():
+            writer.add_image(f"feature_maps/{name}", grid, trainer.global_step)
+
+
+def feature_map_grids(net: torch.nn.Module, images: torch.Tensor, layers, zoom: int) -> dict[str, torch.Tensor]:
+    """{"input" and each layer: [3, H, W] image}: the layer's output channels for each image, a row per image."""
+    outputs = {}
+    hooks = [net.get_submodule(name).register_forward_hook(
+        lambda _module, _inputs, output, name=name: outputs.__setitem__(name, output)) for name in layers]
+    try:
+        with evaluating(net):
+            net(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grids = {"input": tile_grid(images, len(images), zoom)}
+    for name, maps in outputs.items():
+        count, channels, height, width = maps.shape
+        grids[name] = tile_grid(maps.reshape(count * channels, 1, height, width), channels, zoom)
+    return grids
+
+
+class TrainingBatchImages(pl.Callback):
+    """The first training batch as the network sees it (augmented, and mixed when mixup/CutMix is on), once.
+
+    The mix shown is drawn with a forked random state, so logging it leaves training's draws unchanged.
+    """
+
+    def __init__(self, num_images: int = 64, zoom: int = 2):
+        self.num_images, self.zoom = num_images, zoom
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or trainer.global_step != 0 or batch_idx != 0:
+            return
+        images, labels = (t[: self.num_images] for t in batch)
+        if pl_module.mixer is not None:
+            with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+                images, _ = pl_module.mixer(images, labels)
+        shown = trainer.datamodule.denormalize(images)
+        writer.add_image("train/first_batch", tile_grid(shown, 8, self.zoom), 0)
+
+
+class ValidationAnalysis(pl.Callback):
+    """Per-class accuracy, expected calibration error, the confusion matrix and a grid of misclassified images,
+    from every validation pass (sanity check excluded). Scalars are `val/ece` and `val/acc_class/NAME`."""
+
+    def __init__(self, num_mistakes: int = 32, calibration_bins: int = 15, confusion_matrix: bool = True):
+        self.num_mistakes, self.calibration_bins = num_mistakes, calibration_bins
+        self.confusion_matrix = confusion_matrix
+        self.mistakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.metrics: MetricCollection | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        classes = pl_module.hparams.model["num_classes"]
+        self.metrics = MetricCollection({
+            "per_class": MulticlassAccuracy(classes, average=None, validate_args=False),
+            "ece": MulticlassCalibrationError(classes, n_bins=self.calibration_bins, validate_args=False),
+            "confusion": MulticlassConfusionMatrix(classes, validate_args=False),
+        }, compute_groups=False)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.metrics.to(pl_module.device).reset()
+        self.mistakes = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if trainer.sanity_checking:
+            return
+        images, labels = batch
+        logits = outputs.float()
+        self.metrics.update(logits, labels)
+        found = sum(len(m[0]) for m in self.mistakes)
+        if found < self.num_mistakes and trainer.is_global_zero:  # reads the device only until the grid is full
+            predicted = logits.argmax(1)
+            wrong = (predicted != labels).nonzero().squeeze(1)[: self.num_mistakes - found]
+            self.mistakes.append((images[wrong].cpu(), labels[wrong].cpu(), predicted[wrong].cpu()))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        names = trainer.datamodule.class_names
+        results = self.metrics.compute()
+        pl_module.log_dict({f"val/acc_class/{name.replace('/', '_')}": acc
+                            for name, acc in zip(names, results["per_class"], strict=True)})
+        pl_module.log("val/ece", results["ece"])
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        if self.confusion_matrix:
+            figure, _ = self.metrics["confusion"].plot(results["confusion"].cpu(), labels=names)
+            figure.set_size_inches(7, 6)
+            writer.add_figure("val/confusion_matrix", figure, trainer.global_step)
+        if self.mistakes and any(len(m[0]) for m in self.mistakes):
+            images, labels, predicted = (torch.cat(parts) for parts in zip(*self.mistakes, strict=True))
+            shown = trainer.datamodule.denormalize(images.float())
+            writer.add_figure("val/mistakes", mistakes_figure(shown, labels, predicted, names), trainer.global_step)
+
+
+def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, names: list[str]):
+    """One image of the misclassified digits, each titled "true > predicted" (a single axes: fast to draw)."""
+    per_row = 8
+    rows = math.ceil(len(images) / per_row)
+    height, width = images.shape[-2:]
+    pad = height // 2  # room for each title
+    grid = make_grid(images.float(), nrow=per_row, padding=pad, pad_value=1.0)[0]
+    figure, axes = plt.subplots(figsize=(per_row * 1.3, rows * 1.45))
+    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes.set_axis_off()
+    for i, (true, guess) in enumerate(zip(labels.tolist(), predicted.tolist(), strict=True)):
+        row, col = divmod(i, per_row)
+        x = pad + col * (width + pad) + width / 2
+        y = pad + row * (height + pad) - 1
+        axes.text(x, y, f"{names[true]} > {names[guess]}", ha="center", va="bottom", fontsize=6, color="crimson")
+    figure.tight_layout(pad=0.2)
+    return figure
+
+
+class Histograms(pl.Callback):
+    """Histograms of every parameter (`weights/...`) and of its gradient at the epoch's first step
+    (`gradients/...`, after AMP unscaling), every N epochs."""
+
+    def __init__(self, every_n_epochs: int = 1):
+        self.every_n_epochs = every_n_epochs
+        self.gradients_pending = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.gradients_pending = due(trainer, self.every_n_epochs)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not self.gradients_pending:
+            return
+        self.gradients_pending = False
+        for name, parameter in pl_module.net.named_parameters():
+            if parameter.grad is not None:
+                writer.add_histogram(f"gradients/{name}", parameter.grad.float(), trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not due(trainer, self.every_n_epochs):
+            return
+        for name, parameter in pl_module.net.named_parameters():
+            writer.add_histogram(f"weights/{name}", parameter.detach().float(), trainer.global_step)
+
+
+class EmbeddingProjector(pl.Callback):
+    """TensorBoard's projector at the end of training: the penultimate features (fc2's input) of the first
+    `num_images` validation images, with their labels and an image sprite. 0 images: off."""
+
+    def __init__(self, num_images: int = 0):
+        self.num_images = num_images
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or self.num_images <= 0:
+            return
+        images, labels = trainer.datamodule.first_images("val", self.num_images)
+        captured = []
+        hook = pl_module.net.fc2.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
+        try:
+            with evaluating(pl_module):
+                pl_module(images)
+        finally:
+            hook.remove()
+        names = trainer.datamodule.class_names
+        writer.add_embedding(captured[0].float().cpu(), metadata=[names[i] for i in labels.tolist()],
+                             label_img=trainer.datamodule.denormalize(images).cpu(), global_step=trainer.global_step,
+                             tag="val/penultimate")
+
+
+def log_hparams(trainer: pl.Trainer, config: dict, metrics: dict) -> None:
+    """The HPARAMS tab: the resolved config (flattened, e.g. `tricks.mixup_alpha`) with the final metrics, so a
+    sweep's runs line up side by side. Written once the run is over, when the metrics exist."""
+    final = {key: metrics[key] for key in FINAL_METRICS}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(flatten(config), metrics=final, step=trainer.global_step)
+            logger.finalize("success")
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the keys as Hydra overrides spell them."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
