@@ -10,13 +10,14 @@ import urllib.request
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnistlab.inspection import feature_map_grids, filter_grids, flatten, mistakes_figure
 from mnistlab.model import SeedNet
 
-from .conftest import FAST, run_train
+from .conftest import FAST, REPO, run_train
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
@@ -186,3 +187,23 @@ def test_mistakes_figure_titles_each_image_with_true_and_predicted_names():
 def test_flatten_spells_keys_as_overrides():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}}) == {"a.b": 1, "a.c.d": None,
                                                                               "e": [1, 2], "f": {}}
+
+
+def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_path):
+    run_dir, _ = inspected_run
+    out = tmp_path / "figures"
+    result = subprocess.run([sys.executable, "scripts/plot_filters.py", str(run_dir / "checkpoints" / "last.ckpt"),
+                             "--out", str(out), "--zoom", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(out / "filters_conv1.png") as png:
+        assert (png.height, png.width) == grid_size(tiles=20, per_row=10, tile=5 * 4)
+    with Image.open(out / "feature_maps_conv2.png") as png:  # the run's own first 4 validation images
+        assert (png.height, png.width) == grid_size(tiles=4 * 50, per_row=50, tile=8 * 2)
+    assert {p.name for p in out.iterdir()} == {f"{kind}_{layer}.png" for kind, layer in
+                                               [("filters", "conv1"), ("filters", "conv2"), ("feature_maps", "input"),
+                                                ("feature_maps", "conv1"), ("feature_maps", "conv2")]}
+
+    missing = subprocess.run([sys.executable, "scripts/plot_filters.py", str(tmp_path / "nope.ckpt")], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0
+    assert missing.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such checkpoint file"
