@@ -1,50 +1,179 @@
-"""Collect the metrics.json of every job of a multirun into one Markdown table, grouped by run name.
+"""One table for a sweep instead of forty folders: every job's metrics.json (or failure.json) and overrides,
+grouped by the overrides that differ between jobs (seed aside: seeds are what the mean and std run over),
+written as Markdown, CSV and a PNG bar chart of test accuracy; failed jobs are listed with their error.
 
-    mnistlab-report logs/<name>/multiruns/<date>_<time>
+    mnistlab-report logs/<name>/multiruns/<date>_<time> [--out DIR]
 """
 
 import argparse
+import csv
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-
-def collect(sweep_dir: Path) -> dict[str, list[dict]]:
-    """{run name: [metrics of each finished job]}, in job order."""
-    groups: dict[str, list[dict]] = {}
-    for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        name = yaml.safe_load((metrics_file.parent / ".hydra" / "config.yaml").read_text())["name"]
-        groups.setdefault(name, []).append(json.loads(metrics_file.read_text()))
-    return groups
+IGNORED_KEYS = ("seed",)  # averaged over, never a column
+METRICS = (("test/acc", "test accuracy (%)", 100), ("val/acc_best", "best val accuracy (%)", 100),
+           ("test/loss", "test loss", 1), ("seconds_per_epoch", "time per epoch (s)", 1))
 
 
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict[str, str]
+    metrics: dict | None  # None when the job failed or never finished
+    error: str | None
 
 
-def markdown_table(groups: dict[str, list[dict]]) -> str:
-    lines = ["| experiment | runs | test accuracy (%) | best val accuracy (%) | time per epoch (s) |",
-             "|---|---|---|---|---|"]
-    for name, runs in groups.items():
-        lines.append(f"| {name} | {len(runs)} | {mean_std([100 * r['test/acc'] for r in runs])} | "
-                     f"{mean_std([100 * r['val/acc_best'] for r in runs])} | "
-                     f"{statistics.mean(r['seconds_per_epoch'] for r in runs):.1f} |")
-    return "\n".join(lines)
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    """["+experiment=mixup", "optimizer.lr=0.0123456"] -> {"experiment": "mixup", "optimizer.lr": "0.01235"}
+    (hydra.* settings left out, numbers shortened to 4 significant digits)."""
+    pairs = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        key = key.lstrip("+~")
+        if not key.startswith("hydra."):
+            pairs[key] = short_number(value)
+    return pairs
+
+
+def short_number(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() and "e" not in value.lower() else f"{number:.4g}"
+
+
+def collect(sweep_dir: Path) -> list[Job]:
+    """Every job folder of a Hydra sweep (those holding .hydra/overrides.yaml), in job order."""
+    folders = sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
+                     key=lambda p: (len(p.name), p.name))
+    jobs = []
+    for folder in folders:
+        overrides = parse_overrides(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or [])
+        metrics_file, failure_file = folder / "metrics.json", folder / "failure.json"
+        if metrics_file.is_file():
+            jobs.append(Job(folder, overrides, json.loads(metrics_file.read_text()), None))
+        elif failure_file.is_file():
+            jobs.append(Job(folder, overrides, None, json.loads(failure_file.read_text())["error"]))
+        else:
+            jobs.append(Job(folder, overrides, None, "no metrics.json: killed, or still running"))
+    return jobs
+
+
+def varying_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between jobs (seed aside), in the order they were given."""
+    keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
+    return [key for key in keys if key not in IGNORED_KEYS
+            and len({job.overrides.get(key) for job in jobs}) > 1]
+
+
+def group(jobs: list[Job]) -> tuple[list[str], dict[tuple[str, ...], list[Job]]]:
+    """(varying keys, {their values: jobs}) with the groups in order of first appearance."""
+    keys = varying_keys(jobs)
+    groups: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job.overrides.get(key, "-") for key in keys), []).append(job)
+    return keys, groups
+
+
+def summarise(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation or None for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
+    """(varying keys, one dict per group: its key values, run counts, and (mean, std) of each metric)."""
+    keys, groups = group(jobs)
+    table = []
+    for values, members in groups.items():
+        finished = [job.metrics for job in members if job.metrics is not None]
+        row = dict(zip(keys, values, strict=True), runs=len(finished), failed=len(members) - len(finished))
+        for metric, _, scale in METRICS:
+            numbers = [scale * m[metric] for m in finished if metric in m]
+            row[metric] = summarise(numbers) if numbers else None
+        table.append(row)
+    return keys, table
+
+
+def cell(summary: tuple[float, float | None] | None, digits: int) -> str:
+    if summary is None:
+        return "-"
+    mean, std = summary
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(keys: list[str], table: list[dict], jobs: list[Job]) -> str:
+    header = [*(keys or ["jobs"]), "runs", "failed", *(title for _, title, _ in METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table:
+        labels = [row[key] for key in keys] or ["all"]
+        numbers = [cell(row[metric], 3 if metric == "test/loss" else 2) for metric, _, _ in METRICS]
+        lines.append("| " + " | ".join([*labels, str(row["runs"]), str(row["failed"]), *numbers]) + " |")
+    failures = [job for job in jobs if job.metrics is None]
+    if failures:
+        lines += ["", "Failed jobs:"]
+        for job in failures:
+            settings = " ".join(f"{key}={job.overrides.get(key, '-')}" for key in keys)
+            lines.append(f"- job {job.folder.name} ({settings or 'no varying override'}): {job.error}")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, keys: list[str], table: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*keys, "runs", "failed", *(f"{m}_{part}" for m, _, _ in METRICS for part in ("mean", "std"))])
+        for row in table:
+            numbers = []
+            for metric, _, _ in METRICS:
+                mean, std = row[metric] if row[metric] else (None, None)
+                numbers += ["" if mean is None else f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
+            writer.writerow([*(row[key] for key in keys), row["runs"], row["failed"], *numbers])
+
+
+def write_chart(path: Path, keys: list[str], table: list[dict]) -> None:
+    """Bars of mean test accuracy with the std over seeds as error bars, one per group."""
+    import matplotlib.pyplot as plt  # only the chart needs it
+
+    shown = [row for row in table if row["test/acc"] is not None]
+    labels = [", ".join(f"{key}={row[key]}" for key in keys) or "all" for row in shown]
+    means = [row["test/acc"][0] for row in shown]
+    errors = [row["test/acc"][1] or 0.0 for row in shown]
+    figure, axes = plt.subplots(figsize=(6.0 + 0.065 * max(map(len, labels), default=0), 1.2 + 0.4 * len(shown)))
+    axes.barh(range(len(shown)), means, xerr=errors, capsize=3, color="steelblue")
+    axes.set_yticks(range(len(shown)), labels, fontsize=8)
+    axes.invert_yaxis()  # first group on top, as in the table
+    axes.set_xlabel("test accuracy (%), mean ± std over seeds")
+    if means:
+        low = min(m - e for m, e in zip(means, errors, strict=True))
+        axes.set_xlim(max(0.0, low - 1.0), min(100.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder (one subfolder per job)")
+    parser.add_argument("--out", type=Path, help="where report.md, report.csv and report.png go (default: sweep_dir)")
     args = parser.parse_args()
-    groups = collect(args.sweep_dir)
-    if not groups:
-        print(f"error: no */metrics.json under {args.sweep_dir}: is it a multirun folder?", file=sys.stderr)
+    jobs = collect(args.sweep_dir)
+    if not jobs:
+        print(f"error: no job folders (*/.hydra/overrides.yaml) under {args.sweep_dir}: is it a multirun folder?",
+              file=sys.stderr)
         sys.exit(2)
-    print(markdown_table(groups))
+    keys, table = rows(jobs)
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(keys, table, jobs)
+    (out / "report.md").write_text(text)
+    write_csv(out / "report.csv", keys, table)
+    write_chart(out / "report.png", keys, table)
+    print(text + f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
 
 import json
+import logging
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +32,7 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
+log = logging.getLogger(__name__)
 # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
@@ -114,14 +118,37 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
+    """One run; returns val/acc_best, the value a sweep (Optuna) maximises."""
     try:
         return train(cfg)["val/acc_best"]
-    except (MnistlabError, InstantiationException, MisconfigurationException) as err:
-        # A config that cannot be built (trainer=gpu without a GPU, a bad key) is bad input too: one line.
-        if isinstance(err.__cause__, MnistlabError):  # raised by our code inside a Hydra-instantiated target
-            err = err.__cause__
-        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        message = one_line(err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return record_failure(message)
+        if isinstance(err, (MnistlabError, InstantiationException, MisconfigurationException)):
+            # Bad input (a bad value, trainer=gpu without a GPU, missing data): one line, no traceback.
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def one_line(err: Exception) -> str:
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
+        err = err.__cause__  # raised by our code inside a Hydra-instantiated target
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def record_failure(message: str) -> float:
+    """A failed sweep job: failure.json in its folder (mnistlab-report lists it), the traceback in its log, and
+    the worst value of the maximised objective, so the sweep and an Optuna search go on."""
+    job = HydraConfig.get()
+    folder = Path(job.runtime.output_dir)
+    failure = {"status": "failed", "error": message, "overrides": list(job.overrides.task),
+               "traceback": traceback.format_exc()}
+    (folder / "failure.json").write_text(json.dumps(failure, indent=2) + "\n")
+    log.error(failure["traceback"])
+    print(f"error: job {job.job.num} failed, the sweep goes on: {message}", file=sys.stderr)
+    return float("-inf")
 
 
 def main() -> None:

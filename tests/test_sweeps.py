@@ -1,0 +1,133 @@
+"""Sweeps: Hydra multirun grids, an Optuna search, a failing job that does not stop the sweep, the report."""
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+import yaml
+from PIL import Image
+
+from mnistlab.report import collect, markdown, rows
+
+from .conftest import FAST, REPO, offline_env, run_train
+
+QUICK = [*FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=4", "callbacks=minimal"]
+
+
+def report(sweep_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnistlab.report", str(sweep_dir)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_root):
+    sweep = tmp_path / "grid"
+    result = run_train("-m", "model.downsample=pool,stride", "optimizer.lr=0.05,0.1", f"data.root={synthetic_root}",
+                       f"hydra.sweep.dir={sweep}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2", "3"]
+
+    printed = report(sweep)
+    assert printed.returncode == 0, printed.stderr
+    table = (sweep / "report.md").read_text().splitlines()
+    assert table[0].startswith("| model.downsample | optimizer.lr | runs | failed | test accuracy (%) |")
+    assert [line.split(" | ")[:2] for line in table[2:]] == [["| pool", "0.05"], ["| pool", "0.1"],
+                                                              ["| stride", "0.05"], ["| stride", "0.1"]]
+    with (sweep / "report.csv").open() as handle:
+        records = list(csv.DictReader(handle))
+    assert len(records) == 4
+    for record, job in zip(records, ["0", "1", "2", "3"], strict=True):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert float(record["test/acc_mean"]) == pytest.approx(100 * metrics["test/acc"], rel=1e-5)
+        assert record["test/acc_std"] == ""  # one seed per cell: no spread to report
+    with Image.open(sweep / "report.png") as chart:
+        assert chart.format == "PNG" and chart.width > 300 and chart.height > 100
+
+
+def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
+    sweep = tmp_path / "sweep"
+    result = run_train("-m", "model.downsample=bogus,pool", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}",
+                       *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert failure["error"] == "model.downsample='bogus' is not one of pool, stride"
+    assert "model.downsample=bogus" in failure["overrides"] and "Traceback" in failure["traceback"]
+    assert "error: job 0 failed, the sweep goes on: model.downsample='bogus'" in result.stderr
+    assert (sweep / "1" / "metrics.json").is_file()  # the job after the failure ran
+
+    printed = report(sweep)
+    assert printed.returncode == 0
+    assert "| bogus | 0 | 1 | - | - | - | - |" in printed.stdout
+    assert ("- job 0 (model.downsample=bogus): model.downsample='bogus' is not one of pool, stride"
+            in printed.stdout)
+
+
+def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root):
+    sweep = tmp_path / "optuna"
+    searched = [o for o in QUICK if not o.startswith("data.batch_size=")]  # a fixed value would replace the search
+    result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", f"data.root={synthetic_root}",
+                       f"hydra.sweep.dir={sweep}", *searched)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(trials) == 3
+    assert best["best_value"] == pytest.approx(max(t["val/acc_best"] for t in trials))
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size",
+                                        "tricks.label_smoothing", "tricks.mixup_alpha"}
+    # Each trial's settings come from the search space.
+    for job in sweep.glob("*/.hydra/config.yaml"):
+        config = yaml.safe_load(job.read_text())
+        assert 0.005 <= config["optimizer"]["lr"] <= 0.3 and config["data"]["batch_size"] in (32, 64, 128, 256)
+
+
+def test_the_ablation_script_runs_each_experiment_over_seeds_and_reports(tmp_path, synthetic_root):
+    sweep = tmp_path / "ablation"
+    result = subprocess.run([sys.executable, "scripts/ablation.py", "--seeds", "2", "--experiments", "baseline,bn",
+                             "--out", str(sweep), "--", f"data.root={synthetic_root}", *QUICK],
+                            cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (sweep / "report.md").read_text().splitlines()
+    assert table[0].startswith("| experiment | runs | failed |")
+    assert [line.split(" | ")[:3] for line in table[2:]] == [["| baseline", "2", "0"], ["| bn", "2", "0"]]
+
+
+def fake_job(sweep, number: int, overrides: list[str], metrics: dict | None = None, error: str | None = None):
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (job / "failure.json").write_text(json.dumps({"status": "failed", "error": error}))
+
+
+def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
+    accuracies = [0.90, 0.92, 0.97]
+    for seed, acc in enumerate(accuracies):
+        fake_job(tmp_path, seed, ["+experiment=baseline", f"seed={seed}", "data=fashion_mnist"],
+                 {"test/acc": acc, "val/acc_best": acc + 0.01, "test/loss": 0.3, "seconds_per_epoch": 10.0 + seed})
+    fake_job(tmp_path, 3, ["+experiment=bag_of_tricks", "seed=0", "data=fashion_mnist"],
+             {"test/acc": 0.95, "val/acc_best": 0.96, "test/loss": 0.2, "seconds_per_epoch": 5.0})
+    fake_job(tmp_path, 4, ["+experiment=bag_of_tricks", "seed=1", "data=fashion_mnist"], error="out of memory")
+    (tmp_path / "5").mkdir()  # not a job folder: ignored
+
+    jobs = collect(tmp_path)
+    keys, table = rows(jobs)
+    assert keys == ["experiment"]  # data= is the same everywhere and seed is averaged over
+    mean = statistics.mean(a * 100 for a in accuracies)
+    spread = (sum((a * 100 - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5  # sample std
+    assert table[0]["test/acc"] == pytest.approx((mean, spread))
+    lines = markdown(keys, table, jobs).splitlines()
+    assert lines[2] == (f"| baseline | 3 | 0 | {mean:.2f} ± {spread:.2f} | {mean + 1:.2f} ± {spread:.2f} "
+                        "| 0.300 ± 0.000 | 11.00 ± 1.00 |")
+    assert lines[3] == "| bag_of_tricks | 1 | 1 | 95.00 | 96.00 | 0.200 | 5.00 |"
+    assert lines[-1] == "- job 4 (experiment=bag_of_tricks): out of memory"
+
+
+def test_report_of_an_empty_folder_is_one_line(tmp_path):
+    result = report(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: no job folders (*/.hydra/overrides.yaml) under {tmp_path}: "
+                                     "is it a multirun folder?")
