@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from mnistlab.data import MNISTDataModule
 from mnistlab.model import SeedNet
-from mnistlab.train import CONFIG_DIR, unknown_choice
+from mnistlab.train import CONFIG_DIR, device_for_job, unknown_choice
 
 from .conftest import REPO
 
@@ -74,3 +74,9 @@ def test_unknown_dataset_on_the_command_line_is_one_line_and_exit_2():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown data 'emnist' (override data=emnist); choose one of: fashion_mnist, kmnist, mnist"]
+
+
+def test_parallel_sweep_jobs_take_one_gpu_each():
+    assert device_for_job(None, gpus=4) == 1  # a single run: one device, Lightning picks it
+    assert [device_for_job(n, gpus=4) for n in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    assert device_for_job(5, gpus=1) == 1 and device_for_job(5, gpus=0) == 1  # one GPU or the CPU: nothing to spread

@@ -131,3 +131,13 @@ def test_report_of_an_empty_folder_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: no job folders (*/.hydra/overrides.yaml) under {tmp_path}: "
                                      "is it a multirun folder?")
+
+
+def test_joblib_runs_jobs_in_parallel_processes(tmp_path, synthetic_root):
+    sweep = tmp_path / "parallel"
+    result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+                       f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    runs = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
+    assert all(run["epochs"] == 1 for run in runs)

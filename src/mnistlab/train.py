@@ -37,6 +37,20 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+def device_for_job(job_num: int | None, gpus: int) -> int | list[int]:
+    """`trainer.devices` for one run: 1 device, except parallel sweep jobs on a multi-GPU machine, which take
+    one GPU each (job N -> GPU N mod gpus) instead of all landing on GPU 0."""
+    return [job_num % gpus] if job_num is not None and gpus > 1 else 1
+
+
+def _device_for_this_job() -> int | list[int]:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return device_for_job(HydraConfig.get().job.num if multirun else None, torch.cuda.device_count())
+
+
+OmegaConf.register_new_resolver("device_for_job", _device_for_this_job, replace=True)
+
+
 def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
     """One line naming a config-group choice that has no file (`data=emnist`), or None.
 
