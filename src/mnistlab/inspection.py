@@ -139,8 +139,10 @@ class TrainingBatchImages(pl.Callback):
         self.num_images, self.zoom = num_images, zoom
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step != 0 or batch_idx != 0:  # checked first: this hook runs every step
+            return
         writer = tensorboard_writer(trainer)
-        if writer is None or trainer.global_step != 0 or batch_idx != 0:
+        if writer is None:
             return
         images, labels = (t[: self.num_images] for t in batch)
         if pl_module.mixer is not None:
@@ -236,10 +238,12 @@ class Histograms(pl.Callback):
         self.gradients_pending = due(trainer, self.every_n_epochs)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not self.gradients_pending:
+        if not self.gradients_pending:  # checked first: this hook runs every step
             return
         self.gradients_pending = False
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
         for name, parameter in pl_module.net.named_parameters():
             if parameter.grad is not None:
                 writer.add_histogram(f"gradients/{name}", parameter.grad.float(), trainer.global_step)
