@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from mnistlab.data import MNISTDataModule, RandomAffine, RandomErasing, find_idx_files
+from mnistlab.data import MNISTDataModule, RandomAffine, RandomErasing, build_augment, find_idx_files
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.idx import read_idx
 from mnistlab.synthetic import write_synthetic_dataset
@@ -164,3 +164,12 @@ def test_random_erasing_blanks_one_rectangle_per_chosen_image():
     assert len({m.numpy().tobytes() for m in erased}) > 350
     half = RandomErasing(p=0.5)(ones)
     assert 0.4 < (half.amin((1, 2, 3)) == 0).float().mean() < 0.6
+
+
+def test_bad_augment_settings_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"^data.augment: unknown key 'bogus'; allowed: degrees, translate, scale, "
+                                          r"hflip, erase$"):
+        build_augment(erase=0.5, bogus=1)
+    with pytest.raises(ConfigError, match=r"^data.augment.erase=1.5 is a probability: it must be in \[0, 1\]$"):
+        build_augment(erase=1.5)
+    assert len(build_augment(translate=0.1, erase=0.5)) == 2 and len(build_augment(translate=0.1)) == 1

@@ -123,13 +123,23 @@ class RandomErasing(nn.Module):
         return x.masked_fill(erase.unsqueeze(1), 0.0)
 
 
-def build_augment(degrees: float = 0.0, translate: float = 0.0, scale: float = 0.0, hflip: float = 0.0,
-                  erase: float = 0.0) -> nn.Module:
-    """The `data.augment` settings as one module: the affine part, then random erasing with probability
-    `erase` (0 = off)."""
-    steps = [RandomAffine(degrees, translate, scale, hflip)]
-    if erase > 0:
-        steps.append(RandomErasing(p=erase))
+AUGMENT_KEYS = ("degrees", "translate", "scale", "hflip", "erase")
+
+
+def build_augment(**settings: float) -> nn.Module:
+    """The `data.augment` settings (AUGMENT_KEYS, each 0 when absent) as one module: the affine part, then
+    random erasing with probability `erase` (0 = off). Unknown keys and probabilities outside [0, 1] are a
+    one-line ConfigError."""
+    unknown = sorted(set(settings) - set(AUGMENT_KEYS))
+    if unknown:
+        raise ConfigError(f"data.augment: unknown key {unknown[0]!r}; allowed: {', '.join(AUGMENT_KEYS)}")
+    value = {key: settings.get(key, 0.0) for key in AUGMENT_KEYS}
+    for key in ("hflip", "erase"):
+        if not 0 <= value[key] <= 1:
+            raise ConfigError(f"data.augment.{key}={value[key]} is a probability: it must be in [0, 1]")
+    steps = [RandomAffine(value["degrees"], value["translate"], value["scale"], value["hflip"])]
+    if value["erase"] > 0:
+        steps.append(RandomErasing(p=value["erase"]))
     return nn.Sequential(*steps)
 
 
