@@ -2,39 +2,21 @@
 
     python scripts/plot_filters.py logs/default/runs/<time>/checkpoints/last.ckpt --out docs/images
 
-The feature maps need images: by default the first validation images of the run's own dataset, found through
-the run folder's .hydra/config.yaml; --data-root and --dataset point elsewhere.
+The feature maps need images: by default the first validation images of the run's own dataset (its settings are
+saved in the checkpoint); --data-root and --dataset point elsewhere.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mnistlab.data import MNISTDataModule
 from mnistlab.errors import MnistlabError
 from mnistlab.inspection import feature_map_grids, filter_grids
-from mnistlab.module import load_classifier
-
-
-def data_settings(checkpoint: Path, root: str | None, dataset: str | None) -> dict:
-    """The run's data config (when the checkpoint sits in a run folder), with --data-root/--dataset on top."""
-    config_file = checkpoint.resolve().parents[1] / ".hydra" / "config.yaml"
-    settings = {}
-    if config_file.is_file():
-        data = OmegaConf.to_container(OmegaConf.load(config_file).data)
-        settings = {k: v for k, v in data.items() if k in ("name", "root", "mean", "std", "val_size")}
-    if root:
-        settings["root"] = root
-    if dataset:
-        settings["name"] = dataset
-    if "root" not in settings:
-        raise MnistlabError(f"{checkpoint}: not inside a run folder (no {config_file}); pass --data-root DIR")
-    return settings
+from mnistlab.module import load_classifier, load_datamodule
 
 
 def main() -> None:
@@ -48,8 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     try:
         net = load_classifier(args.checkpoint, "checkpoint").net
-        settings = data_settings(args.checkpoint, args.data_root, args.dataset)
-        data = MNISTDataModule(download=False, **settings)
+        overrides = {"data.root": args.data_root, "data.name": args.dataset}
+        data = load_datamodule(args.checkpoint, {key: value for key, value in overrides.items() if value})
         data.setup()
         images, _ = data.first_images("val", args.images)
     except MnistlabError as err:

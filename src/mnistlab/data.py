@@ -29,17 +29,17 @@ def candidate_folders(root: Path, name: str) -> list[Path]:
     return [root, root / TORCHVISION_DATASETS[name].__name__ / "raw"]
 
 
-def find_idx_files(root: Path, name: str) -> dict[str, Path] | None:
-    """The four IDX files of `name` under `root` (plain or .gz, `-idx3` or `.idx3` spelling), or None."""
+def find_idx_files(root: Path, name: str, stems: list[str] = ALL_FILES) -> dict[str, Path] | None:
+    """The IDX files `stems` of `name` under `root` (plain or .gz, `-idx3` or `.idx3` spelling), or None."""
     for folder in candidate_folders(root, name):
         found = {}
-        for stem in ALL_FILES:
+        for stem in stems:
             dotted = stem.replace("-idx", ".idx")
             variants = (stem, f"{stem}.gz", dotted, f"{dotted}.gz")
             hit = next((folder / v for v in variants if (folder / v).is_file()), None)
             if hit is not None:
                 found[stem] = hit
-        if len(found) == len(ALL_FILES):
+        if len(found) == len(stems):
             return found
     return None
 
@@ -178,6 +178,8 @@ class MNISTDataModule(pl.LightningDataModule):
                  image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
                  augment: dict | None = None, seed: int = 0):
         super().__init__()
+        # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
+        self.save_hyperparameters(logger=False)
         if name not in TORCHVISION_DATASETS:
             raise ConfigError(f"data.name={name!r} is not a known dataset; choose one of "
                               f"{', '.join(sorted(TORCHVISION_DATASETS))}")
@@ -189,32 +191,39 @@ class MNISTDataModule(pl.LightningDataModule):
         self.download_error: str | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def needed_files(self, stage: str | None) -> list[str]:
+        """Testing a saved model needs the test files only (a folder may hold nothing else); fitting needs all."""
+        testing = stage == "test" or (self.trainer is not None and self.trainer.state.fn == "test")
+        return list(SPLIT_FILES["test"]) if testing else ALL_FILES
+
     def prepare_data(self) -> None:
-        if find_idx_files(self.root, self.name) is None and self.allow_download:
+        if find_idx_files(self.root, self.name, self.needed_files(None)) is None and self.allow_download:
             self.download_error = download(self.root, self.name)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        stems = self.needed_files(stage)
+        if "train" in self.splits or (stage == "test" and "test" in self.splits):
             return
-        files = find_idx_files(self.root, self.name)
+        files = find_idx_files(self.root, self.name, stems)
         if files is None:
-            raise DataError(self._missing_files_message())
-        images, labels = load_split(files, "train", self.image_size, self.num_classes)
-        if not 0 < self.val_size < len(images):
-            raise ConfigError(f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: "
-                              f"the training split ({files[SPLIT_FILES['train'][0]]}) holds {len(images)} images")
-        cut = len(images) - self.val_size
-        splits = {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:]),
-                  "test": load_split(files, "test", self.image_size, self.num_classes)}
+            raise DataError(self._missing_files_message(stems))
+        splits = {"test": load_split(files, "test", self.image_size, self.num_classes)}
+        if stems == ALL_FILES:
+            images, labels = load_split(files, "train", self.image_size, self.num_classes)
+            if not 0 < self.val_size < len(images):
+                raise ConfigError(f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: the "
+                                  f"training split ({files[SPLIT_FILES['train'][0]]}) holds {len(images)} images")
+            cut = len(images) - self.val_size
+            splits |= {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:])}
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.splits = {split: (x.to(device), y.to(device)) for split, (x, y) in splits.items()}
 
-    def _missing_files_message(self) -> str:
+    def _missing_files_message(self, stems: list[str]) -> str:
         folders = " or ".join(str(folder) for folder in candidate_folders(self.root, self.name))
         why = (f"the download failed ({self.download_error})" if self.allow_download
                else "downloading is off (data.download=false)")
-        return (f"no {self.name} data in {folders}: expected {', '.join(ALL_FILES)} (plain or .gz); {why}. "
-                f"copy the four files into {self.root}, or point data.root=PATH at a folder that holds them")
+        return (f"no {self.name} data in {folders}: expected {', '.join(stems)} (plain or .gz); {why}. "
+                f"copy the files into {self.root}, or point data.root=PATH at a folder that holds them")
 
     def normalize(self, images: torch.Tensor, augment: nn.Module | None = None) -> torch.Tensor:
         """uint8 [N, 1, H, W] -> float, optionally augmented per image, then standardised with the dataset's

@@ -1,15 +1,20 @@
 """The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
 
+import inspect
+import pickle
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import tricks
+from mnistlab.cli import parse_value
+from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 
 
@@ -142,13 +147,54 @@ def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_l
 
 def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     """A trained Classifier (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
-    Missing or unreadable files end in one ConfigError line."""
+    Missing, corrupt and mismatched files end in one ConfigError line."""
     path = tricks.existing_checkpoint(checkpoint, what)
     try:
         return Classifier.load_from_checkpoint(path, map_location="cpu")
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint ({reason})") from None
+        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+
+
+def unreadable_reason(err: Exception) -> str:
+    """Why a checkpoint did not load, in one line."""
+    text = str(err)
+    if "loading state_dict" in text:  # the saved model config rebuilds a network its weights do not fit
+        details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
+        details = details if len(details) <= 240 else details[:240] + " ..."
+        return f"its weights do not fit the model config saved with them ({details})"
+    if isinstance(err, KeyError):
+        return f"not a mnistlab checkpoint (no {err} entry)"
+    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:
+        return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
+    return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
+
+
+def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTDataModule:
+    """The data a checkpoint was trained on (its data module's settings are saved in it), with `data.KEY=VALUE`
+    overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
+    `.std`). Downloading stays off unless `data.download=true`."""
+    path = tricks.existing_checkpoint(checkpoint, "ckpt_path")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
+    except Exception as err:
+        raise ConfigError(f"ckpt_path={checkpoint}: {unreadable_reason(err)}") from None
+    run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
+    if saved is None and run_config.is_file():
+        data = OmegaConf.load(run_config).data
+        saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
+                 for key in data if key != "_target_"}
+    defaults = {name: p.default for name, p in inspect.signature(MNISTDataModule).parameters.items()}
+    settings = {**defaults, **(saved or {}), "download": False}
+    for key, text in overrides.items():
+        name = key.removeprefix("data.")
+        if name not in defaults or name == "augment":
+            allowed = ", ".join(f"data.{k}" for k in defaults if k != "augment")
+            raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
+        try:
+            settings[name] = parse_value(text, defaults[name])
+        except ValueError as err:
+            raise ConfigError(f"{key}={text}: {name} takes {type(defaults[name]).__name__} values ({err})") from None
+    return MNISTDataModule(**settings)
 
 
 def load_teacher(checkpoint: str, num_classes: int) -> torch.nn.Module:

@@ -1,0 +1,87 @@
+"""mnistlab-eval: the test metrics of a saved checkpoint, on its own test set or on another of the same format.
+
+    mnistlab-eval ckpt_path=logs/default/runs/<time>/checkpoints/epoch009.ckpt
+    mnistlab-eval ckpt_path=CKPT data.root=DIR                     # the same dataset in another folder
+    mnistlab-eval ckpt_path=CKPT data.name=kmnist data.root=DIR data.mean=0.1918 data.std=0.3483
+    mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=bf16-mixed
+
+The data settings come from the checkpoint (the run's data module saves them); `data.KEY=VALUE` changes one.
+Only the test files are needed. The test pass is Lightning's, as at the end of training, so the figures match
+what training reported.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from torchmetrics.classification import MulticlassAccuracy
+
+from mnistlab.cli import REQUIRED, parse_args, run_tool
+from mnistlab.data import MNISTDataModule
+from mnistlab.errors import ConfigError
+from mnistlab.module import Classifier, load_classifier, load_datamodule
+
+OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "32-true", "json": ""}
+
+
+def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
+    """The data must have the image shape and class count the network was built for."""
+    model = module.hparams.model
+    wants = (model["in_channels"], model["image_size"], model["num_classes"])
+    has = (data.hparams.in_channels, data.image_size, data.num_classes)
+    if wants != has:
+        raise ConfigError(f"ckpt_path={checkpoint}: the network takes {wants[0]}x{wants[1]}x{wants[1]} images and "
+                          f"predicts {wants[2]} classes, but the data ({data.name}) has {has[0]}x{has[1]}x{has[1]} "
+                          f"images and {has[2]} classes")
+
+
+def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str = "auto",
+             precision: str = "32-true") -> dict:
+    """test/acc, test/loss and per-class accuracy of a checkpoint on a test set."""
+    module = load_classifier(checkpoint, "ckpt_path")
+    data = load_datamodule(checkpoint, data_overrides)
+    check_fit(module, data, checkpoint)
+    try:
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError) as err:
+        raise ConfigError(f"accelerator={accelerator} precision={precision}: {str(err).splitlines()[0]}") from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        results = trainer.test(module, datamodule=data, verbose=False)[0]
+    per_class = MulticlassAccuracy(num_classes=data.num_classes, average=None).to(module.device)
+    module.eval()
+    with torch.no_grad(), trainer.strategy.precision_plugin.forward_context():
+        for x, y in data.test_dataloader():
+            per_class.update(module(x), y)
+    images, _ = data.splits["test"]
+    return {"test/acc": results["test/acc"], "test/loss": results["test/loss"], "images": len(images),
+            "dataset": data.name, "root": str(data.root), "checkpoint": str(checkpoint),
+            "per_class_acc": dict(zip(data.class_names, per_class.compute().tolist(), strict=True))}
+
+
+def report(metrics: dict) -> str:
+    per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
+    return "\n".join([
+        f"checkpoint  {metrics['checkpoint']}",
+        f"test set    {metrics['images']} images of {metrics['dataset']} in {metrics['root']}",
+        f"test/acc    {metrics['test/acc']:.4f}",
+        f"test/loss   {metrics['test/loss']:.4f}",
+        f"per class   {per_class}",
+    ])
+
+
+def evaluate_command(argv: list[str]) -> None:
+    args = parse_args(argv, OPTIONS, passthrough="data")
+    data_overrides = {key: value for key, value in args.items() if key.startswith("data.")}
+    metrics = evaluate(args["ckpt_path"], data_overrides, args["accelerator"], args["precision"])
+    print(report(metrics))
+    if args["json"]:
+        Path(args["json"]).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool(evaluate_command, __doc__, argv)

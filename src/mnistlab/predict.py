@@ -1,0 +1,117 @@
+"""mnistlab-predict: the top classes of a trained network for image files of any size and format.
+
+    mnistlab-predict ckpt_path=CKPT images=[seven.png,shoe.jpg]
+    mnistlab-predict ckpt_path=CKPT images=[scan.png] invert=false top=5
+    mnistlab-predict ckpt_path=CKPT images=[crop.png] fit=whole
+
+Each image becomes what the network was trained on: grayscale, light ink on a dark background (MNIST's
+polarity; `invert=auto` flips images whose border is bright, `true`/`false` force it), cropped to its ink and
+scaled into the frame as the dataset was built (MNIST: a 20x20 box centred by centre of mass in 28x28;
+Fashion-MNIST and KMNIST: the whole frame), then standardised with the training set's mean and std.
+`fit=whole` skips the cropping and resizes the whole image, for images already framed like the dataset's.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from mnistlab.cli import REQUIRED, parse_args, run_tool
+from mnistlab.errors import ConfigError
+from mnistlab.module import load_classifier, load_datamodule
+
+OPTIONS = {"ckpt_path": REQUIRED, "images": REQUIRED, "invert": "auto", "fit": "ink", "top": 3}
+INVERT_CHOICES = ("auto", "true", "false")
+FIT_CHOICES = ("ink", "whole")
+# The share of the frame the ink's longer side fills, per dataset (MNIST: 20 of 28 pixels).
+INK_SHARE = {"mnist": 20 / 28, "fashion_mnist": 1.0, "kmnist": 1.0}
+
+
+def read_grayscale(path: str) -> torch.Tensor:
+    """An image file as a float [H, W] tensor in [0, 1]; undecodable files are a one-line ConfigError."""
+    try:
+        with Image.open(path) as image:
+            return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
+    except FileNotFoundError:
+        raise ConfigError(f"images: {path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ConfigError(f"images: {path}: cannot decode it as an image ({type(err).__name__})") from None
+
+
+def needs_inversion(gray: torch.Tensor) -> bool:
+    """Dark ink on a light background (a scan, a drawing) has a bright border."""
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return float(border.mean()) > 0.5
+
+
+def fit_to_frame(gray: torch.Tensor, size: int, ink_share: float) -> torch.Tensor:
+    """Crop to the ink, scale its longer side to `ink_share` of the frame, and centre it (by centre of mass
+    when the ink does not fill the frame, as MNIST does) in a size x size image."""
+    ink = gray > 0.2 * float(gray.max())
+    if not ink.any():
+        return TF.resize(gray[None], [size, size], antialias=True)[0]
+    rows, cols = ink.any(1).nonzero()[:, 0], ink.any(0).nonzero()[:, 0]
+    crop = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    box = max(1, round(size * ink_share))
+    scale = box / max(crop.shape)
+    height, width = (max(1, round(side * scale)) for side in crop.shape)
+    glyph = TF.resize(crop[None], [height, width], antialias=True)[0].clamp(0, 1)
+    if ink_share < 1:  # shift so that the centre of mass lands on the frame's centre
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        mass = glyph.sum().clamp(min=1e-6)
+        centre = (float((ys * glyph).sum() / mass), float((xs * glyph).sum() / mass))
+    else:
+        centre = ((height - 1) / 2, (width - 1) / 2)
+    top = min(max(round((size - 1) / 2 - centre[0]), 0), size - height)
+    left = min(max(round((size - 1) / 2 - centre[1]), 0), size - width)
+    return F.pad(glyph, (left, size - width - left, top, size - height - top))
+
+
+def prepare(path: str, invert: str, fit: str, size: int, ink_share: float) -> tuple[torch.Tensor, bool]:
+    """(the image in [0, 1] as [1, size, size], whether it was inverted)."""
+    gray = read_grayscale(path)
+    inverted = needs_inversion(gray) if invert == "auto" else invert == "true"
+    if inverted:
+        gray = 1 - gray
+    if fit == "whole":
+        return TF.resize(gray[None], [size, size], antialias=True).clamp(0, 1), inverted
+    return fit_to_frame(gray, size, ink_share)[None], inverted
+
+
+def predict(checkpoint: str, paths: list[str], invert: str = "auto", fit: str = "ink", top: int = 3) -> list[dict]:
+    """For each image: its top `top` classes with probabilities."""
+    if invert not in INVERT_CHOICES:
+        raise ConfigError(f"invert={invert}: choose one of {', '.join(INVERT_CHOICES)}")
+    if fit not in FIT_CHOICES:
+        raise ConfigError(f"fit={fit}: choose one of {', '.join(FIT_CHOICES)}")
+    if not paths:
+        raise ConfigError("images=[] names no image: give one or more files, e.g. images=[a.png,b.jpg]")
+    module = load_classifier(checkpoint, "ckpt_path").eval()
+    data = load_datamodule(checkpoint, {})
+    if not 1 <= top <= data.num_classes:
+        raise ConfigError(f"top={top}: must be between 1 and the {data.num_classes} classes")
+    prepared = [prepare(path, invert, fit, data.image_size, INK_SHARE[data.name]) for path in paths]
+    batch = torch.stack([image for image, _ in prepared])
+    with torch.no_grad():
+        probabilities = module(data.normalize(batch * 255)).softmax(1)  # normalize takes 0..255 pixels
+    best = probabilities.topk(top, dim=1)
+    names = data.class_names
+    return [{"image": path, "inverted": inverted,
+             "top": [(names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]}
+            for path, (_, inverted), values, indices in zip(paths, prepared, *best, strict=True)]
+
+
+def predict_command(argv: list[str]) -> None:
+    args = parse_args(argv, OPTIONS)
+    images = args["images"] if isinstance(args["images"], list) else [args["images"]]
+    rows = predict(args["ckpt_path"], images, str(args["invert"]).lower(), args["fit"], args["top"])
+    width = max(len(row["image"]) for row in rows)
+    for row in rows:
+        guesses = "   ".join(f"{name} {p:6.1%}" for name, p in row["top"])
+        note = " (inverted)" if row["inverted"] else ""
+        print(f"{row['image']:<{width}}  {guesses}{note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool(predict_command, __doc__, argv)
