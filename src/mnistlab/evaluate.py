@@ -3,11 +3,12 @@
     mnistlab-eval ckpt_path=logs/default/runs/<time>/checkpoints/epoch009.ckpt
     mnistlab-eval ckpt_path=CKPT data.root=DIR                     # the same dataset in another folder
     mnistlab-eval ckpt_path=CKPT data.name=kmnist data.root=DIR data.mean=0.1918 data.std=0.3483
-    mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=bf16-mixed
+    mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=32-true
 
 The data settings come from the checkpoint (the run's data module saves them); `data.KEY=VALUE` changes one.
-Only the test files are needed. The test pass is Lightning's, as at the end of training, so the figures match
-what training reported.
+Only the test files are needed. The test pass is Lightning's, as at the end of training, at the precision the
+run trained at (saved in the checkpoint) unless `precision=` says otherwise, so the figures match what training
+reported.
 """
 
 import json
@@ -24,7 +25,7 @@ from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.module import Classifier, load_classifier, load_datamodule
 
-OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "32-true", "json": ""}
+OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json": ""}
 
 
 def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
@@ -38,12 +39,12 @@ def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> Non
                           f"images and {has[2]} classes")
 
 
-def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str = "auto",
-             precision: str = "32-true") -> dict:
+def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str = "auto", precision: str = "") -> dict:
     """test/acc, test/loss and per-class accuracy of a checkpoint on a test set."""
     module = load_classifier(checkpoint, "ckpt_path")
     data = load_datamodule(checkpoint, data_overrides)
     check_fit(module, data, checkpoint)
+    precision = precision or torch.load(checkpoint, map_location="cpu", weights_only=True).get("precision", "32-true")
     try:
         trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
@@ -59,6 +60,7 @@ def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str =
             per_class.update(module(x), y)
     images, _ = data.splits["test"]
     return {"test/acc": results["test/acc"], "test/loss": results["test/loss"], "images": len(images),
+            "precision": precision,
             "dataset": data.name, "root": str(data.root), "checkpoint": str(checkpoint),
             "per_class_acc": dict(zip(data.class_names, per_class.compute().tolist(), strict=True))}
 
@@ -67,7 +69,7 @@ def report(metrics: dict) -> str:
     per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
     return "\n".join([
         f"checkpoint  {metrics['checkpoint']}",
-        f"test set    {metrics['images']} images of {metrics['dataset']} in {metrics['root']}",
+        f"test set    {metrics['images']} images of {metrics['dataset']} in {metrics['root']}, {metrics['precision']}",
         f"test/acc    {metrics['test/acc']:.4f}",
         f"test/loss   {metrics['test/loss']:.4f}",
         f"per class   {per_class}",

@@ -75,7 +75,9 @@ def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 def run_program(path: Path, pixels: torch.Tensor) -> torch.Tensor:
-    return torch.export.load(path).module()(pixels)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found")  # torch.export.load's CPU notice
+        return torch.export.load(path).module()(pixels)
 
 
 EXPORTERS = {"onnx": (export_onnx, run_onnx), "torchscript": (export_torchscript, run_torchscript),

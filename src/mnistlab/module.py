@@ -61,6 +61,9 @@ class Classifier(pl.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["precision"] = self.trainer.precision  # mnistlab-eval tests at the precision the run trained at
+
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # forget the sanity-check validation
 
