@@ -53,10 +53,10 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
     (["tricks.label_smoothing=1.0"], "error: tricks.label_smoothing=1.0 must be in [0, 1)"),
     (["tricks.mixup_alpha=-0.2"], "error: tricks.mixup_alpha=-0.2 must be >= 0 (0 turns mixup off)"),
     (["+experiment=warmup", "scheduler.warmup_epochs=3"],
-     "error: scheduler.warmup_epochs=3 is not shorter than the training run (2 epochs)"),
+     "error: scheduler.warmup_epochs=3 must be below trainer.max_epochs=2: warmup must end before training does"),
     (["+experiment=distill"],
      "error: tricks.distill_teacher=<path to a checkpoint of an earlier run>: no such checkpoint file"),
-    (["model.downsample=average"], "error: model.downsample='average' is not one of pool, stride"),
+    (["model.downsample=average"], "error: model.downsample='average' must be one of pool, stride"),
 ])
 def test_invalid_values_stop_before_training_with_one_line(tmp_path, synthetic_root, overrides, says):
     run_dir = tmp_path / "run"

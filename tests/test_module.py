@@ -37,7 +37,7 @@ def test_metrics_are_logged_per_stage_and_best_validation_accuracy_is_kept(synth
     module = Classifier(MODEL, SGD, {})
     trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=10)
     logged = trainer.callback_metrics
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(logged)
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(logged)
     assert 0 <= float(logged["val/acc"]) <= float(logged["val/acc_best"]) <= 1
     trainer.test(module, datamodule=trainer.datamodule, verbose=False)
     assert 0 <= float(trainer.callback_metrics["test/acc"]) <= 1

@@ -52,7 +52,7 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
                        *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     failure = json.loads((sweep / "0" / "failure.json").read_text())
-    assert failure["error"] == "model.downsample='bogus' is not one of pool, stride"
+    assert failure["error"] == "model.downsample='bogus' must be one of pool, stride"
     assert "model.downsample=bogus" in failure["overrides"] and "Traceback" in failure["traceback"]
     assert "error: job 0 failed, the sweep goes on: model.downsample='bogus'" in result.stderr
     assert (sweep / "1" / "metrics.json").is_file()  # the job after the failure ran
@@ -60,7 +60,7 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
     printed = report(sweep)
     assert printed.returncode == 0
     assert "| bogus | 0 | 1 | - | - | - | - |" in printed.stdout
-    assert ("- job 0 (model.downsample=bogus): model.downsample='bogus' is not one of pool, stride"
+    assert ("- job 0 (model.downsample=bogus): model.downsample='bogus' must be one of pool, stride"
             in printed.stdout)
 
 

@@ -178,6 +178,7 @@ class MNISTDataModule(pl.LightningDataModule):
                  image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
                  augment: dict | None = None, seed: int = 0):
         super().__init__()
+        augment = dict(augment) if augment else None  # a plain dict (not Hydra's DictConfig) in the checkpoint
         # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
         self.save_hyperparameters(logger=False)
         if name not in TORCHVISION_DATASETS:

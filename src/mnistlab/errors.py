@@ -11,3 +11,7 @@ class DataError(MnistlabError):
 
 class ConfigError(MnistlabError):
     """A config value that is out of range or unknown."""
+
+
+class NonFiniteLossError(MnistlabError):
+    """The training loss became nan or inf: the run diverged."""

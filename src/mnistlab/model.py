@@ -26,7 +26,7 @@ class SeedNet(nn.Module):
                  batch_norm: bool = False, downsample: str = "pool", dilation: int = 1):
         super().__init__()
         if downsample not in DOWNSAMPLING:
-            raise ConfigError(f"model.downsample={downsample!r} is not one of {', '.join(DOWNSAMPLING)}")
+            raise ConfigError(f"model.downsample={downsample!r} must be one of {', '.join(DOWNSAMPLING)}")
         self.input_shape = (in_channels, image_size, image_size)
         first, second = conv_channels
         conv = dict(kernel_size=kernel_size, dilation=dilation, stride=2 if downsample == "stride" else 1,

@@ -2,20 +2,23 @@
 
 import inspect
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import tricks
 from mnistlab.cli import parse_value
 from mnistlab.data import MNISTDataModule
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, NonFiniteLossError
+from mnistlab.validation import check_values
 
 
 class Classifier(pl.LightningModule):
@@ -31,17 +34,20 @@ class Classifier(pl.LightningModule):
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
                  mix_off_last_epochs: int = 0, no_bias_decay: bool = False, linear_lr_scaling: bool = False,
                  distill_teacher: str | None = None, distill_weight: float = 0.5, distill_temperature: float = 4.0,
-                 init_from: str | None = None, freeze_conv: bool = False, channels_last: bool = False):
+                 init_from: str | None = None, freeze_conv: bool = False, channels_last: bool | str = "auto"):
         super().__init__()
-        check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_last_epochs, distill_weight,
-                     distill_temperature, freeze_conv and not init_from)
+        check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                          mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_weight=distill_weight,
+                          distill_temperature=distill_temperature, channels_last=channels_last), prefix="tricks")
+        if freeze_conv and not init_from:
+            raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
         self.net = instantiate(model)
         # One input batch: Lightning's model summary shows each layer's in/out sizes with it.
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:
             tricks.transfer_weights(self.net, init_from, freeze_conv)
-        if channels_last:
+        if channels_last is True:
             self.net.to(memory_format=torch.channels_last)
         num_classes = model["num_classes"]
         self.mixer = tricks.batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
@@ -50,9 +56,13 @@ class Classifier(pl.LightningModule):
         # validate_args=False: the argument checks sync with the host on every update.
         metric = dict(num_classes=num_classes, average="micro", validate_args=False)
         self.train_acc = MulticlassAccuracy(**metric)
+        self.train_loss = MeanMetric(nan_strategy="disable")  # its nan check reads the device every step
         self.val_acc = MulticlassAccuracy(**metric)
         self.test_acc = MulticlassAccuracy(**metric)
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best so far
+        # The first step whose loss was nan or inf (-1: none yet), kept on the device: no host sync per step.
+        self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -61,11 +71,30 @@ class Classifier(pl.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["precision"] = self.trainer.precision  # mnistlab-eval tests at the precision the run trained at
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last == "auto" and str(self.trainer.precision).startswith("bf16"):
+            self.net.to(memory_format=torch.channels_last)  # NHWC is what makes bf16 convolutions fast
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity-check validation
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None:  # mnistlab-eval tests at the precision the run trained at
+            checkpoint["precision"] = self._trainer.precision
+        # The random streams (augmentation, mixup) as they stand at this epoch's end: a resumed run draws what
+        # the uninterrupted one would have drawn.
+        kind, keys, position, has_gauss, gauss = np.random.get_state()  # as tensors and numbers: weights_only loads
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng")
+        if states:
+            torch.set_rng_state(states["torch"])
+            kind, keys, position, has_gauss, gauss = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+            random.setstate(states["python"])
+            if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def mixing_now(self) -> bool:
         """Mix this batch? With probability mix_prob, and never in the last mix_off_last_epochs epochs."""
@@ -90,16 +119,46 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self.training_loss(*batch)
+        # The epoch figures accumulate on the device. Each `self.log` call costs Lightning about half a
+        # millisecond of Python, a fifth of a step here, so the step loss is logged only on the steps the
+        # logger writes (every trainer.log_every_n_steps), and the epoch figures once, at the epoch's end.
         self.train_acc.update(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach(), len(labels))
+        bad = ~torch.isfinite(loss.detach()) & (self.first_nonfinite_step < 0)
+        self.first_nonfinite_step.copy_(torch.where(bad, self.global_step, self.first_nonfinite_step))
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.stop_if_nonfinite()
+            self.log("train/loss_step", loss, prog_bar=True)
         return loss
+
+    def stop_if_nonfinite(self) -> None:
+        """Stop with one line naming the step where the loss stopped being finite, before the next checkpoint
+        could save the ruined weights."""
+        step = int(self.first_nonfinite_step)
+        if step < 0:
+            return
+        folder = Path(self.trainer.checkpoint_callback.dirpath) if self.trainer.checkpoint_callback else None
+        last = folder / "last.ckpt" if folder else None
+        kept = (f"the last good checkpoint is {last}" if last and last.is_file()
+                else "no checkpoint was saved before it")
+        raise NonFiniteLossError(f"the training loss became nan or inf at step {step} (epoch "
+                                 f"{self.current_epoch}): training stopped; {kept}. Lower optimizer.lr or add "
+                                 "warmup (scheduler.warmup_epochs)")
+
+    def on_validation_epoch_start(self) -> None:
+        self.stop_if_nonfinite()  # checkpoints are written after validation: never one of a diverged run
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.train_loss)
+        self.log("train/acc", self.train_acc)
 
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         accuracy.update(logits, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: under DDP the epoch's loss is averaged over every rank's shard (once, at the epoch's end).
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_epoch=True, prog_bar=True)
         return logits
 
@@ -107,6 +166,8 @@ class Classifier(pl.LightningModule):
         return self._evaluate(batch, "val", self.val_acc)  # the logits, for inspection.ValidationAnalysis
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # the sanity check's two batches are not a validation result
         self.val_acc_best.update(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
 
@@ -128,24 +189,6 @@ class Classifier(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def check_tricks(label_smoothing, mixup_alpha, cutmix_alpha, mix_prob, mix_off_last_epochs, distill_weight,
-                 distill_temperature, freezing_nothing) -> None:
-    """Reject out-of-range trick settings before anything is built, one line each."""
-    checks = [
-        (0 <= label_smoothing < 1, f"tricks.label_smoothing={label_smoothing} must be in [0, 1)"),
-        (mixup_alpha >= 0, f"tricks.mixup_alpha={mixup_alpha} must be >= 0 (0 turns mixup off)"),
-        (cutmix_alpha >= 0, f"tricks.cutmix_alpha={cutmix_alpha} must be >= 0 (0 turns cutmix off)"),
-        (0 <= mix_prob <= 1, f"tricks.mix_prob={mix_prob} must be in [0, 1]"),
-        (mix_off_last_epochs >= 0, f"tricks.mix_off_last_epochs={mix_off_last_epochs} must be >= 0"),
-        (0 <= distill_weight <= 1, f"tricks.distill_weight={distill_weight} must be in [0, 1]"),
-        (distill_temperature > 0, f"tricks.distill_temperature={distill_temperature} must be > 0"),
-        (not freezing_nothing, "tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
 
 
 def load_classifier(checkpoint: str | Path, what: str) -> Classifier:

@@ -11,18 +11,22 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnistlab.errors import MnistlabError
+from mnistlab.checkpoints import resume_checkpoint, unfinished_run
+from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.module import Classifier
+from mnistlab.precision import fast_precision
+from mnistlab.validation import check_config
 
 
 def find_config_dir() -> Path:
@@ -49,6 +53,7 @@ def _device_for_this_job() -> int | list[int]:
 
 
 OmegaConf.register_new_resolver("device_for_job", _device_for_this_job, replace=True)
+OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
 
 
 def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
@@ -80,10 +85,13 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit, then test the best checkpoint on the official test set; returns the final metrics."""
+    """Fit (or resume, with `ckpt_path`), then test the best checkpoint on the official test set; returns the
+    final metrics."""
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
 
     parts = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data)
@@ -93,7 +101,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
     val_acc_best = float(trainer.callback_metrics.get("val/acc_best", float("nan")))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -113,9 +121,10 @@ def train(cfg: DictConfig) -> dict:
         "seconds_per_epoch": round(fit_seconds / max(epochs, 1), 3),
         "best_checkpoint": best,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log_hparams(trainer, parts, metrics)
-    print_summary(metrics, run_dir)
+    if trainer.is_global_zero:  # under DDP every rank has the synced metrics; one writes them
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print_summary(metrics, run_dir)
     return metrics
 
 
@@ -165,10 +174,47 @@ def record_failure(message: str) -> float:
     return float("-inf")
 
 
+def compose_run_config(args: list[str]) -> DictConfig:
+    """The config a single run of `args` will get, with Hydra's own settings (for `${hydra:...}`) in place."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=args, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def precheck(args: list[str]) -> list[str]:
+    """Validate a single run's config before Hydra creates its folder; `ckpt_path=last` without a
+    `hydra.run.dir` gets the folder of the newest unfinished run of this name. Returns the arguments to run."""
+    try:
+        cfg = compose_run_config(args)
+    except HydraException as err:
+        raise ConfigError(one_line(err)) from None
+    check_config(cfg)
+    if cfg.get("ckpt_path") == "last" and not any(a.startswith("hydra.run.dir=") for a in args):
+        folder = unfinished_run(Path(cfg.hydra.run.dir).parent)
+        print(f"resuming {folder}")
+        args = [*args, f"hydra.run.dir={folder}"]
+    return args
+
+
+def single_run(args: list[str]) -> bool:
+    """Plain overrides of one run: no Hydra flag (-m, --cfg, ...) and no search, which runs many."""
+    return not any(a.startswith("-") for a in args) and not any(
+        a.startswith("hparams_search=") and a != "hparams_search=null" for a in args)
+
+
 def main() -> None:
-    """`python train.py` and `mnistlab-train`: check config choices, then hand over to Hydra."""
-    problem = unknown_choice(sys.argv[1:])
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    """`python train.py` and `mnistlab-train`: check the config, then hand over to Hydra."""
+    args = sys.argv[1:]
+    try:
+        problem = unknown_choice(args)
+        if problem:
+            raise ConfigError(problem)
+        if single_run(args):
+            sys.argv[1:] = precheck(args)
+    except MnistlabError as err:
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     hydra_main()

@@ -1,0 +1,444 @@
+"""Training speed of mnistlab against a plain PyTorch loop and the classic tutorial loop, in one process,
+interleaved and repeated (the `mnistlab-bench` command, scripts/benchmark.py).
+
+  a   mnistlab as users run it: the composed configs/train.yaml with its defaults (callbacks=default with
+      inspection images, histograms and checkpoints, the TensorBoard logger, the progress bar, validation
+      every epoch), built exactly as `mnistlab.train.train` builds it.
+  a2  a with the batch, precision and memory format of b (a' in the issue).
+  b   the floor: a plain loop over the same device-resident uint8 tensors, same model, optimizer, batch and
+      precision, per-batch standardisation like the data module, then a no-grad validation pass.
+  c   the classic loop of PyTorch's MNIST example and most tutorials: torchvision's MNIST with per-sample
+      ToTensor/Normalize, DataLoader(batch_size=64, shuffle=True; on CUDA num_workers=1, pin_memory), fp32,
+      then a test-style pass at batch 1000.
+
+Every variant trains on the same images and evaluates the same validation images. One measurement is one
+untimed warm-up epoch, then one timed epoch; an epoch is the training pass plus its evaluation pass, so
+"train img/s" = training images / epoch seconds.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
+from mnistlab.errors import ConfigError, DataError, MnistlabError
+from mnistlab.idx import read_idx, write_idx
+from mnistlab.module import Classifier
+from mnistlab.precision import bf16_support, cpu_model
+from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.train import CONFIG_DIR
+
+MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
+# PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std.
+TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
+VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
+            "c": "classic tutorial loop"}
+RATIOS = {"a/c": "mnistlab as users run it over the classic tutorial loop",
+          "a2/b": "mnistlab at b's settings over the plain-loop floor"}
+PROFILE_STEPS = 50
+STATUS = Path("/proc/self/status")
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a clock read covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rss() -> int:
+    line = next(line for line in STATUS.read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def memory_kind(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated, reset per measurement"
+    if STATUS.exists():
+        return "peak resident set size of the process (VmRSS sampled every 10 ms), + its rise over the start"
+    return "peak resident set size of the process so far (getrusage)"
+
+
+class PeakMemory:
+    """Peak memory while one measurement runs (see memory_kind): bytes in `peak`, its rise over the start in
+    `rise` (on CUDA the allocator's peak is already per measurement, so the two are equal)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.start, self.peak, self.thread = device, 0, 0, None
+        self.done = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif STATUS.exists():
+            self.start = self.peak = rss()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.01):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.thread is not None:
+            self.done.set()
+            self.thread.join()
+            self.peak = max(self.peak, rss())
+        else:
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    @property
+    def rise(self) -> int:
+        return self.peak - self.start
+
+
+def prepare_data(source: Path | None, train_images: int | None, folder: Path) -> int:
+    """Write torchvision's layout folder/MNIST/raw (uncompressed IDX files), which both mnistlab's data module and
+    torchvision's MNIST read: the first `train_images` of the source's training split and all of its test split,
+    or synthetic data of MNIST's size without a source. Returns the number of training images."""
+    raw = folder / "MNIST" / "raw"
+    if source is None:
+        write_synthetic_dataset(raw, train_images or MNIST_SIZE["train"], MNIST_SIZE["test"], gzipped=False)
+    else:
+        files = next(filter(None, (find_idx_files(source, name) for name in TORCHVISION_DATASETS)), None)
+        if files is None:
+            raise DataError(f"--data-root {source}: no MNIST-style data there; expected {', '.join(ALL_FILES)} "
+                            f"(plain or .gz)")
+        for stem, path in files.items():
+            data = read_idx(path)
+            write_idx(raw / stem, data[:train_images] if stem in SPLIT_FILES["train"] else data)
+    available = len(read_idx(raw / SPLIT_FILES["train"][1]))
+    if train_images and available < train_images:
+        raise ConfigError(f"--train-images={train_images}, but {source} holds only {available} training images")
+    return available
+
+
+def compose_config(root: Path, val_size: int | None, device: torch.device, run_dir: Path,
+                   overrides: list[str]) -> DictConfig:
+    """configs/train.yaml as `python train.py` composes it, with the data at `root`, two epochs, and the run's
+    output folder (`${hydra:runtime.output_dir}`) at `run_dir`."""
+    fixed = [f"data.root={root}", "data.download=false", f"trainer.accelerator={device.type}", "trainer.max_epochs=2"]
+    if val_size is not None:
+        fixed.append(f"data.val_size={val_size}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=fixed + overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class EpochTimer(pl.Callback):
+    """Times the last epoch of a fit, from its start to the end of training, which follows right after that
+    epoch's validation, epoch-end callbacks (images, histograms, checkpoints) and epoch-end logging. With a
+    `profiler`, profiles that epoch too."""
+
+    def __init__(self, profiler: torch.profiler.profile | None = None):
+        self.profiler, self.start, self.seconds, self.images = profiler, 0.0, 0.0, 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            sync(pl_module.device)
+            self.images, self.start = 0, time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += len(batch[1])
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(pl_module.device)
+        self.seconds = time.perf_counter() - self.start
+        if self.profiler is not None:
+            self.profiler.stop()
+
+
+def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> tuple[float, int]:
+    """(a): build the run exactly as mnistlab.train.train does, fit two epochs, time the second. The progress
+    bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
+    table readable."""
+    pl.seed_everything(cfg.seed, workers=True)
+    parts = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data)
+    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
+    timer = EpochTimer(profiler)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [timer]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        trainer.fit(module, datamodule=datamodule)
+    return timer.seconds, timer.images
+
+
+def timed(epoch, device: torch.device) -> tuple[float, int]:
+    """One untimed warm-up epoch, then (seconds, training images) of a timed one."""
+    epoch()
+    sync(device)
+    start = time.perf_counter()
+    images = epoch()
+    sync(device)
+    return time.perf_counter() - start, images
+
+
+def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
+    """(b): the floor. No host read per step: the shuffle, the batches and the accuracy stay on the device."""
+    torch.manual_seed(cfg.seed)
+    net = instantiate(cfg.model).to(device)
+    if bf16:
+        net.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
+    (train_x, train_y), (val_x, val_y) = ((x.to(device), y.to(device)) for x, y in splits)
+    eval_batch, mean, std = cfg.data.eval_batch_size, cfg.data.mean, cfg.data.std
+
+    def normalize(images: torch.Tensor) -> torch.Tensor:
+        return images.float().div_(255).sub_(mean).div_(std)
+
+    def epoch() -> int:
+        net.train()
+        order = torch.randperm(len(train_y), device=device)
+        steps = len(order) // batch  # the last partial batch is dropped, as the data module does
+        for step in range(steps):
+            index = order[step * batch : (step + 1) * batch]
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(normalize(train_x[index])), train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            for start in range(0, len(val_y), eval_batch):
+                logits = net(normalize(val_x[start : start + eval_batch]))
+                correct += (logits.argmax(1) == val_y[start : start + eval_batch]).sum()
+        correct.item()  # the epoch's one host read, as a real loop reports its accuracy
+        return steps * batch
+
+    return timed(epoch, device)
+
+
+def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
+                 device: torch.device) -> tuple[float, int]:
+    """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and SGD."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*TUTORIAL_NORMALIZE)])
+    dataset = datasets.MNIST(str(root), train=True, transform=transform)
+    loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    train_loader = DataLoader(Subset(dataset, range(train_size)), batch_size=TUTORIAL_BATCH, shuffle=True,
+                              **loader_kwargs)
+    test_loader = DataLoader(Subset(dataset, range(train_size, train_size + val_size)),
+                             batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
+    torch.manual_seed(cfg.seed)
+    net = instantiate(cfg.model).to(device)
+    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
+
+    def epoch() -> int:
+        net.train()
+        for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(data), target)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        test_loss = correct = 0  # summed with a host read per batch, as the example's test() does
+        with torch.no_grad():
+            for data, target in test_loader:
+                data, target = data.to(device), target.to(device)
+                output = net(data)
+                test_loss += F.cross_entropy(output, target, reduction="sum").item()
+                correct += output.argmax(1).eq(target).sum().item()
+        return len(train_loader.dataset)
+
+    return timed(epoch, device)
+
+
+def machine(device: torch.device) -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none",
+            "bf16": bf16_support(device.type) or "no", "device": str(device)}
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), **{name: metadata.version(name) for name in PACKAGES}}
+
+
+def summarize(seconds: list[float], images: int, peaks: list[PeakMemory]) -> dict:
+    median = statistics.median(seconds)
+    return {"epoch_seconds": seconds, "epoch_seconds_median": median, "train_images": images,
+            "train_images_per_second": images / median, "peak_memory_bytes": max(p.peak for p in peaks),
+            "peak_memory_rise_bytes": max(p.rise for p in peaks)}
+
+
+def table(results: dict, settings: dict) -> str:
+    rows = ["| variant | what | batch | precision | epoch s, median (min-max) | train img/s | peak memory |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        s, mib = r["epoch_seconds"], 2**20
+        rows.append(f"| {name} | {VARIANTS[name]} | {settings[name]['batch']} | {settings[name]['precision']} | "
+                    f"{r['epoch_seconds_median']:.2f} ({min(s):.2f}-{max(s):.2f}) | "
+                    f"{r['train_images_per_second']:.0f} | {r['peak_memory_bytes'] / mib:.0f} MiB "
+                    f"({r['peak_memory_rise_bytes'] / mib:+.0f}) |")
+    return "\n".join(rows)
+
+
+def ratios(results: dict) -> dict:
+    speed = {name: r["train_images_per_second"] for name, r in results.items()}
+    pairs = {key: key.split("/") for key in RATIOS}
+    return {key: speed[top] / speed[bottom] for key, (top, bottom) in pairs.items() if {top, bottom} <= set(speed)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mnistlab-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, help="a folder with the four MNIST-style IDX files (plain or "
+                        ".gz); default: synthetic data of MNIST's size (60000 train, 10000 test)")
+    parser.add_argument("--train-images", type=int, help="use only the first N training images (default: all)")
+    parser.add_argument("--val-size", type=int, help="validate on the last N of them (default: data.val_size)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per variant (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch of b and a2 (default: 256)")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"],
+                        help="precision of b and a2; bf16-mixed also means channels_last (default: bf16-mixed "
+                        "where the device has bf16 instructions, else 32-true)")
+    parser.add_argument("--variants", default="a,a2,b,c", help="comma-separated subset of a,a2,b,c")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"afterwards, profile the timed epoch of a ({PROFILE_STEPS} steps) and print the top ops")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides for a and a2, e.g. callbacks=minimal")
+    return parser.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> tuple[list[str], torch.device]:
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(f"--variants={args.variants}: choose from {', '.join(VARIANTS)}")
+    for option in ("train_images", "repeats", "batch_size", "val_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')}={value} must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda, but torch sees no CUDA GPU")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return variants, torch.device("cuda" if cuda else "cpu")
+
+
+def benchmark(args: argparse.Namespace, folder: Path) -> dict:
+    variants, device = check(args)
+    torch.set_float32_matmul_precision("high")  # as mnistlab.train does; process-wide, so set for every variant
+    precision = args.precision or ("bf16-mixed" if bf16_support(device.type) else "32-true")
+    bf16 = precision == "bf16-mixed"
+    fast = [f"data.batch_size={args.batch_size}", f"trainer.precision={precision}",
+            f"tricks.channels_last={str(bf16).lower()}"]
+    n_train = prepare_data(args.data_root, args.train_images, folder)
+
+    base = compose_config(folder, args.val_size, device, folder / "runs", [])
+    val_size = base.data.val_size
+    if not 0 < val_size < n_train:
+        raise ConfigError(f"--val-size={val_size} must be below the {n_train} training images")
+    datamodule = instantiate(base.data)
+    datamodule.setup()  # mnistlab's own checks of the files, and the splits b trains on
+    splits = datamodule.splits["train"], datamodule.splits["val"]
+    settings = {"a": {"batch": base.data.batch_size, "precision": base.trainer.precision},
+                "a2": {"batch": args.batch_size, "precision": precision},
+                "b": {"batch": args.batch_size, "precision": precision},
+                "c": {"batch": TUTORIAL_BATCH, "precision": "32-true"}}
+    for name in ("a2", "b"):
+        settings[name]["channels_last"] = bf16
+
+    def measure(name: str, repeat: int) -> tuple[float, int]:
+        if name in ("a", "a2"):
+            run_dir = folder / "runs" / f"{name}-{repeat}"
+            extra = (fast if name == "a2" else []) + args.overrides
+            return run_lightning(compose_config(folder, args.val_size, device, run_dir, extra))
+        if name == "b":
+            return run_plain(base, splits, device, args.batch_size, bf16)
+        return run_tutorial(base, folder, n_train - val_size, val_size, device)
+
+    seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        for name in variants:
+            with PeakMemory(device) as memory:
+                epoch_seconds, images[name] = measure(name, repeat)
+            seconds[name].append(epoch_seconds)
+            peaks[name].append(memory)
+            print(f"repeat {repeat + 1}/{args.repeats}  {name:<3} {epoch_seconds:7.2f} s", flush=True)
+    results = {v: summarize(seconds[v], images[v], peaks[v]) for v in variants}
+    data = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
+    report = {"machine": machine(device), "versions": versions(),
+              "data": {"source": data, "train_images": n_train - val_size, "val_images": val_size},
+              "method": {"repeats": args.repeats, "memory": memory_kind(device),
+                         "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"},
+              "settings": {v: settings[v] for v in variants}, "results": results, "ratios": ratios(results)}
+    if args.profile:
+        limit = [f"+trainer.limit_train_batches={PROFILE_STEPS}"]
+        report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile", limit))
+    return report
+
+
+def profile(cfg: DictConfig) -> str:
+    """torch.profiler over (a)'s timed epoch cut to PROFILE_STEPS steps: its validation and epoch end included."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available() and cfg.trainer.accelerator == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities)
+    run_lightning(cfg, profiler)
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+
+
+def print_report(report: dict) -> None:
+    m, data, method = report["machine"], report["data"], report["method"]
+    print(f"\nmachine   {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU {m['gpu']}, "
+          f"bf16 {m['bf16']}; device {m['device']}")
+    print("versions  " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()))
+    print(f"data      {data['source']}: {data['train_images']} training images, {data['val_images']} validation")
+    print(f"method    repeats {method['repeats']}, variants interleaved; each: {method['epoch']}; "
+          f"train img/s = training images / epoch seconds")
+    print(f"memory    {method['memory']}")
+    for name, s in report["settings"].items():
+        print(f"  {name:<3} {VARIANTS[name]}: " + ", ".join(f"{key} {value}" for key, value in s.items()))
+    print("\n" + table(report["results"], report["settings"]) + "\n")
+    for key, value in report["ratios"].items():
+        print(f"{key:<5} = {value:.2f}  (train img/s of {RATIOS[key]})")
+    if "profile" in report:
+        print(f"\nprofile of a, {PROFILE_STEPS} training steps + validation + epoch end:\n{report['profile']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # Lightning's per-fit banners and model summary
+    try:
+        with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as folder:
+            report = benchmark(args, Path(folder))
+    except MnistlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")

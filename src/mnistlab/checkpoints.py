@@ -1,0 +1,63 @@
+"""Work that survives a crash: checkpoints written atomically, a checkpoint on Ctrl-C, and finding the run that
+`ckpt_path=last` resumes."""
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from mnistlab.errors import ConfigError
+
+LAST = "last.ckpt"
+INTERRUPTED = "interrupted.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file beside their target, flushed to disk, then renamed over it:
+    a kill during the write leaves the previous file intact (a rename within a folder is atomic)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, path)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Ctrl-C (SIGINT) stops training cleanly: Lightning calls `on_exception`, which saves the weights reached so
+    far as checkpoints/interrupted.ckpt. last.ckpt, the end of the last full epoch, stays what `ckpt_path=last`
+    resumes from."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or trainer.checkpoint_callback is None:
+            return
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        trainer.save_checkpoint(folder / INTERRUPTED)
+        if trainer.is_global_zero:
+            last = folder / LAST
+            resume = f"resume from {last} with ckpt_path=last" if last.is_file() else "no full epoch to resume from"
+            print(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
+                  f"{folder / INTERRUPTED}; {resume}", flush=True)
+
+
+def unfinished_run(runs: Path) -> Path:
+    """The newest run folder under `runs` with a last.ckpt and no metrics.json (it never finished)."""
+    candidates = sorted((p.parents[1] for p in runs.glob(f"*/checkpoints/{LAST}")
+                         if not (p.parents[1] / "metrics.json").exists()), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"ckpt_path=last: no unfinished run to resume under {runs} (one with "
+                          f"checkpoints/{LAST} and no metrics.json); give ckpt_path=FILE or hydra.run.dir=FOLDER")
+    return candidates[-1]
+
+
+def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The file `trainer.fit` resumes from: None, a given checkpoint, or `last` = this run folder's last.ckpt."""
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / LAST if ckpt_path == "last" else Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
+    return str(path)

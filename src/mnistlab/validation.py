@@ -1,0 +1,131 @@
+"""The composed config checked before anything is trained or written: every key against what the code it
+configures accepts (a typo, or a `+key=` that nothing reads, fails), and every value against its type and
+range. Each problem is one line naming the key, the value and what is allowed."""
+
+import inspect
+import numbers
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab.errors import ConfigError
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64",
+              "transformer-engine")
+
+
+def integer(low: int | None = None, high: int | None = None):
+    def check(value) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+                and (high is None or value <= high))
+    return check
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    def check(value) -> bool:
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return False
+        above = low is None or (value > low if low_open else value >= low)
+        below = high is None or (value < high if high_open else value <= high)
+        return above and below
+    return check
+
+
+def one_of(*choices):
+    return lambda value: value in choices
+
+
+# key: (check, what is allowed). Keys that a config does not have are skipped.
+RULES = {
+    "seed": (integer(), "an integer"),
+    "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
+    "data.batch_size": (integer(1), "an integer >= 1"),
+    "data.eval_batch_size": (integer(1), "an integer >= 1"),
+    "data.val_size": (integer(1), "an integer >= 1, below the training set's size"),
+    "data.image_size": (integer(1), "an integer >= 1"),
+    "data.num_classes": (integer(2), "an integer >= 2"),
+    "data.mean": (number(), "a number"),
+    "data.std": (number(0, low_open=True), "> 0"),
+    "model.kernel_size": (integer(1), "an integer >= 1"),
+    "model.dilation": (integer(1), "an integer >= 1"),
+    "model.hidden": (integer(1), "an integer >= 1"),
+    "model.batch_norm": (one_of(True, False), "true or false"),
+    "model.downsample": (one_of("pool", "stride"), "one of pool, stride"),
+    "optimizer.lr": (number(0, low_open=True), "> 0"),
+    "optimizer.weight_decay": (number(0), ">= 0"),
+    "optimizer.momentum": (number(0, 1, high_open=True), "in [0, 1)"),
+    "scheduler.warmup_epochs": (number(0), ">= 0, below trainer.max_epochs"),
+    "trainer.max_epochs": (integer(1), "an integer >= 1"),
+    "trainer.precision": (one_of(*PRECISIONS), "one of " + ", ".join(PRECISIONS)),
+    "trainer.deterministic": (one_of(True, False, "warn"), "true, false or warn"),
+    "tricks.label_smoothing": (number(0, 1, high_open=True), "in [0, 1)"),
+    "tricks.mixup_alpha": (number(0), ">= 0 (0 turns mixup off)"),
+    "tricks.cutmix_alpha": (number(0), ">= 0 (0 turns cutmix off)"),
+    "tricks.mix_prob": (number(0, 1), "in [0, 1]"),
+    "tricks.mix_off_last_epochs": (integer(0), "an integer >= 0"),
+    "tricks.distill_weight": (number(0, 1), "in [0, 1]"),
+    "tricks.distill_temperature": (number(0, low_open=True), "> 0"),
+    "tricks.no_bias_decay": (one_of(True, False), "true or false"),
+    "tricks.linear_lr_scaling": (one_of(True, False), "true or false"),
+    "tricks.freeze_conv": (one_of(True, False), "true or false"),
+    "tricks.channels_last": (one_of(True, False, "auto"), "true, false or auto"),
+}
+
+
+def check_values(values: dict, prefix: str = "") -> None:
+    """Apply RULES to a flat or nested dict of settings (keys relative to `prefix`)."""
+    for key, (check, allowed) in RULES.items():
+        if prefix:
+            if not key.startswith(prefix + "."):
+                continue
+            name = key[len(prefix) + 1 :]
+        else:
+            name = key
+        value = values
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            if not check(value):
+                shown = repr(value) if isinstance(value, str) else value
+                raise ConfigError(f"{key}={shown} must be {allowed}")
+
+
+def accepted_keys(target: str, skip: tuple[str, ...] = ()) -> set[str] | None:
+    """The keyword arguments `target` takes, or None when it takes any (**kwargs)."""
+    parameters = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.name not in skip}
+
+
+def check_keys(section: str, settings: dict, target: str, skip: tuple[str, ...] = ()) -> None:
+    allowed = accepted_keys(target, skip)
+    if allowed is None:
+        return
+    for key in settings:
+        if not key.startswith("_") and key not in allowed:
+            raise ConfigError(f"unknown key {section}.{key}: {target} takes {', '.join(sorted(allowed))}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Everything `train` will read, before it builds or writes anything."""
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                for key in cfg if key != "hydra"}
+    check_values(settings)
+    for section in ("data", "model", "optimizer", "trainer"):
+        if isinstance(settings.get(section), dict) and "_target_" in settings[section]:
+            check_keys(section, settings[section], settings[section]["_target_"], skip=("params",))
+    scheduler = settings.get("scheduler") or {}
+    if "_target_" in scheduler:
+        check_keys("scheduler", scheduler, scheduler["_target_"], skip=("optimizer", "total_steps", "steps_per_epoch"))
+    check_keys("tricks", settings.get("tricks", {}), "mnistlab.module.Classifier",
+               skip=("model", "optimizer", "scheduler"))
+    for name, callback in (settings.get("callbacks") or {}).items():
+        if isinstance(callback, dict) and "_target_" in callback:
+            check_keys(f"callbacks.{name}", callback, callback["_target_"])
+    warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
+    if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "
+                          "must end before training does")

@@ -1,0 +1,81 @@
+"""scripts/benchmark.py runs for real on tiny data, so it cannot rot. Speeds are never asserted: only the report's
+structure, that every number is a positive finite value, and one-line errors for bad input."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mnistlab.benchmark import main
+
+from .conftest import REPO, offline_env
+
+VARIANTS = ("a", "a2", "b", "c")
+ROW = re.compile(r"^\| (a2|a|b|c) \| [^|]+ \| (\d+) \| (32-true|bf16-mixed) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \| "
+                 r"(\d+) \| (\d+) MiB \(([+-]\d+)\) \|$", re.MULTILINE)
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=REPO, env=offline_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def table_rows(stdout: str) -> dict[str, tuple[str, ...]]:
+    return {match[0]: match[1:] for match in ROW.findall(stdout)}
+
+
+def test_all_variants_report(synthetic_root, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
+                           "--repeats", "1", "--batch-size", "128", "--variants", ",".join(VARIANTS),
+                           "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table_rows(result.stdout)
+    assert sorted(rows) == sorted(VARIANTS), result.stdout
+    assert rows["a"][0] == "64" and rows["c"][0] == "64" and rows["b"][0] == rows["a2"][0] == "128"
+    for name, (_, _, median, low, high, speed, peak, _) in rows.items():
+        numbers = [float(median), float(low), float(high), float(speed), float(peak)]
+        assert all(math.isfinite(x) and x > 0 for x in numbers), (name, numbers)
+    for ratio in ("a/c", "a2/b"):
+        assert re.search(rf"^{ratio}\s+= [\d.]+ ", result.stdout, re.MULTILINE), result.stdout
+    for package in ("python", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics"):
+        assert re.search(rf"^versions .*\b{package} \d", result.stdout, re.MULTILINE), package
+    assert re.search(r"^machine .*cores.*GPU", result.stdout, re.MULTILINE)
+
+    report = json.loads(out.read_text())
+    assert set(report) == {"machine", "versions", "data", "method", "settings", "results", "ratios"}
+    assert set(report["results"]) == set(VARIANTS) and set(report["ratios"]) == {"a/c", "a2/b"}
+    assert report["data"] == {"source": str(synthetic_root), "train_images": 400, "val_images": 200}
+    for result in report["results"].values():
+        assert len(result["epoch_seconds"]) == 1 and 0 < result["train_images"] <= 400
+        assert result["peak_memory_bytes"] > 0 and math.isfinite(result["train_images_per_second"])
+
+
+def test_synthetic_data_repeats_and_profile():
+    """Without --data-root: synthetic data; a variant subset in the order asked; the profiler over a."""
+    result = run_benchmark("--train-images", "400", "--val-size", "100", "--repeats", "2", "--variants", "c,b",
+                           "--profile")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(table_rows(result.stdout)) == ["b", "c"]
+    assert result.stdout.count("repeat 2/2") == 2
+    assert "synthetic" in result.stdout and "a/c" not in result.stdout and "a2/b" not in result.stdout
+    assert re.search(r"^profile of a.*\n-+.*\n +Name .*Self CPU", result.stdout, re.MULTILINE)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--data-root", "{empty}"], "{empty}: no MNIST-style data there"),
+    (["--variants", "a,x"], "--variants=a,x: choose from a, a2, b, c"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
+    """In-process: these fail before any config is composed (which would leave Hydra's global state set)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(empty=empty) for a in args])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ")
+    assert expected.format(empty=empty) in stderr

@@ -1,0 +1,214 @@
+"""Reliability: bad configs stop before anything is written, kill -9 then `ckpt_path=last` ends exactly where an
+uninterrupted run ends, Ctrl-C saves a checkpoint, a diverged loss stops the run, runs are deterministic, and DDP
+trains on 2 CPU processes with synced metrics, all through the real `python train.py`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from mnistlab.checkpoints import AtomicCheckpointIO
+from mnistlab.errors import ConfigError
+from mnistlab.evaluate import evaluate
+from mnistlab.module import load_classifier
+from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.train import precheck
+
+from .conftest import FAST, REPO, offline_env, run_train
+
+# Deterministic, with the random parts on (augmentation, mixup), so that resuming must restore their streams.
+RANDOM_PARTS = ["trainer.deterministic=true", "data.augment={degrees:10,translate:0.1}", "tricks.mixup_alpha=0.2",
+                "callbacks=minimal", "trainer.precision=32-true"]
+FINAL = ("test/acc", "test/loss", "val/acc_best")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer.lr=0"], "optimizer.lr=0 must be > 0"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be > 0"),
+    (["optimizer.momentum=1.5"], "optimizer.momentum=1.5 must be in [0, 1)"),
+    (["data.batch_size=0"], "data.batch_size=0 must be an integer >= 1"),
+    (["data.batch_size=abc"], "data.batch_size='abc' must be an integer >= 1"),
+    (["data.val_size=-5"], "data.val_size=-5 must be an integer >= 1"),
+    (["data.name=emnist"], "data.name='emnist' must be one of fashion_mnist, kmnist, mnist"),
+    (["tricks.label_smoothing=1.0"], "tricks.label_smoothing=1.0 must be in [0, 1)"),
+    (["tricks.mixup_alpha=-0.2"], "tricks.mixup_alpha=-0.2 must be >= 0 (0 turns mixup off)"),
+    (["scheduler.warmup_epochs=10", "trainer.max_epochs=10"],
+     "scheduler.warmup_epochs=10 must be below trainer.max_epochs=10"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1"),
+    (["trainer.precision=fp16"], "trainer.precision='fp16' must be one of 32-true"),
+    (["model.downsample=avg"], "model.downsample='avg' must be one of pool, stride"),
+    (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
+    (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
+    (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.module.Classifier takes "),
+    (["+optimizer.betas=[0.9,0.99]"], "unknown key optimizer.betas: torch.optim.SGD takes "),
+])
+def test_bad_configs_are_rejected_before_anything_is_built(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        precheck(overrides)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_bad_config_writes_no_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train("optimizer.lr=0", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2 and result.stderr.strip() == "error: optimizer.lr=0 must be > 0"
+    assert not run_dir.exists()
+
+
+def test_a_truncated_data_file_is_one_line_naming_it(tmp_path, synthetic_root):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for source in synthetic_root.iterdir():
+        (broken / source.name).write_bytes(source.read_bytes())
+    images = broken / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-3000])  # a download cut short
+    result = run_train(f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {images}")
+
+
+def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1}, target)
+
+    class KilledMidWrite(Exception):
+        pass
+
+    def half_written(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KilledMidWrite
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TorchCheckpointIO, "save_checkpoint", half_written)
+        with pytest.raises(KilledMidWrite):
+            io.save_checkpoint({"epoch": 2}, target)
+    assert torch.load(target, weights_only=True) == {"epoch": 1}  # the previous checkpoint survived
+    io.save_checkpoint({"epoch": 3}, target)
+    assert torch.load(target, weights_only=True) == {"epoch": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left once a save succeeds
+
+
+@pytest.fixture(scope="module")
+def larger_root(tmp_path_factory) -> Path:
+    """Enough images that an epoch takes a moment: a kill lands mid-run."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("larger"), n_train=5000, n_test=300)
+
+
+def command(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), f"data.root={root}", "data.val_size=500", "data.batch_size=32",
+            "trainer.max_epochs=5", "trainer.log_every_n_steps=20", *RANDOM_PARTS, *extra]
+
+
+def final(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {key: metrics[key] for key in FINAL}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, larger_root) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run(command(larger_root, f"hydra.run.dir={run_dir}"), env=offline_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_deterministic_runs_give_identical_metrics(reference_run, larger_root, tmp_path):
+    again = tmp_path / "again"
+    result = subprocess.run(command(larger_root, f"hydra.run.dir={again}"), env=offline_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert final(again) == final(reference_run)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(reference_run, larger_root, tmp_path):
+    # From a working folder of its own, as a user runs it: the run folder is logs/default/runs/<time>.
+    process = subprocess.Popen(command(larger_root), cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "logs" / "default" / "runs"
+    wait_for(runs, process)
+    last = next(runs.iterdir()) / "checkpoints" / "last.ckpt"
+    wait_for(last, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = last.parents[1]
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+
+    result = subprocess.run(command(larger_root, "ckpt_path=last"), cwd=tmp_path, env=offline_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {run_dir.relative_to(tmp_path)}" in result.stdout
+    assert [p.name for p in runs.iterdir()] == [run_dir.name]  # continued in its own folder
+    assert killed_at < 4 and final(run_dir) == final(reference_run)
+
+
+def test_ckpt_path_last_without_an_unfinished_run_is_one_line(tmp_path, synthetic_root):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), f"data.root={synthetic_root}", "ckpt_path=last"],
+                            cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ckpt_path=last: no unfinished run to resume under logs/default")
+
+
+def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(command(larger_root, f"hydra.run.dir={run_dir}"), env=offline_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in stderr
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert f"saved {interrupted}; resume from {run_dir / 'checkpoints' / 'last.ckpt'}" in stdout
+    assert load_classifier(interrupted, "ckpt_path").hparams.model["num_classes"] == 10
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # A step schedule that multiplies the lr by 1e8 after the first epoch: the second epoch diverges.
+    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=3",
+                       "scheduler=step", "scheduler.step_epochs=1", "scheduler.gamma=1e8", "callbacks=minimal",
+                       "trainer.precision=32-true")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert line.startswith("error: the training loss became nan or inf at step ") and "(epoch 1)" in line
+    assert f"the last good checkpoint is {last}" in line
+    step = int(line.split(" at step ")[1].split()[0])
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] <= step  # from before the divergence
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_tests_with_synced_metrics(synthetic_root, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "trainer=ddp",
+                       "trainer.accelerator=cpu", "callbacks=minimal", "trainer.precision=32-true", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run folder for both ranks
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Each rank tested half the test set; the synced figures equal one process testing all of it.
+    single = evaluate(metrics["best_checkpoint"], {}, accelerator="cpu", precision="32-true")
+    assert single["images"] == 300
+    assert metrics["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(single["test/loss"], abs=1e-5)
+    assert os.path.getsize(run_dir / "checkpoints" / "last.ckpt") > 0
