@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> dict:
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    # A resumed run times only the epochs it runs itself.
+    epochs_before = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"] + 1 if resume_from else 0
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
@@ -118,7 +120,7 @@ def train(cfg: DictConfig) -> dict:
         "val/acc_best": val_acc_best,
         "epochs": epochs,
         "seconds": round(time.perf_counter() - start, 3),
-        "seconds_per_epoch": round(fit_seconds / max(epochs, 1), 3),
+        "seconds_per_epoch": round(fit_seconds / max(epochs - epochs_before, 1), 3),
         "best_checkpoint": best,
     }
     log_hparams(trainer, parts, metrics)
