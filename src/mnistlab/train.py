@@ -2,6 +2,7 @@
 
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -209,6 +210,9 @@ def single_run(args: list[str]) -> bool:
 
 def main() -> None:
     """`python train.py` and `mnistlab-train`: check the config, then hand over to Hydra."""
+    # SIGINT (Ctrl-C, kill -INT) stops the run and saves a checkpoint, also when the launching shell started it
+    # with SIGINT ignored (a background job), where Python would otherwise install no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = sys.argv[1:]
     try:
         problem = unknown_choice(args)
