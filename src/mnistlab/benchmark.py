@@ -34,20 +34,17 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.idx import read_idx, write_idx
-from mnistlab.module import Classifier
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.synthetic import write_synthetic_dataset
-from mnistlab.train import CONFIG_DIR
+from mnistlab.train import build_run, compose_run_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std.
@@ -145,11 +142,7 @@ def compose_config(root: Path, val_size: int | None, device: torch.device, run_d
     fixed = [f"data.root={root}", "data.download=false", f"trainer.accelerator={device.type}", "trainer.max_epochs=2"]
     if val_size is not None:
         fixed.append(f"data.val_size={val_size}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=fixed + overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose_run_config(fixed + overrides, str(run_dir))
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
@@ -185,13 +178,8 @@ def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = Non
     bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
     table readable."""
     pl.seed_everything(cfg.seed, workers=True)
-    parts = OmegaConf.to_container(cfg, resolve=True)
-    datamodule = instantiate(cfg.data)
-    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
     timer = EpochTimer(profiler)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [timer]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule, module, trainer = build_run(cfg, (timer,))
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         trainer.fit(module, datamodule=datamodule)
     return timer.seconds, timer.images

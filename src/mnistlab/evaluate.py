@@ -44,7 +44,7 @@ def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str =
     module = load_classifier(checkpoint, "ckpt_path")
     data = load_datamodule(checkpoint, data_overrides)
     check_fit(module, data, checkpoint)
-    precision = precision or torch.load(checkpoint, map_location="cpu", weights_only=True).get("precision", "32-true")
+    precision = precision or module.trained_precision
     try:
         trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)

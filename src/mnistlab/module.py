@@ -87,8 +87,11 @@ class Classifier(pl.LightningModule):
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_precision = checkpoint.get("precision", "32-true")  # for mnistlab-eval
         states = checkpoint.get("rng")
-        if states:
+        # Only a resumed fit (a trainer is attached) continues the random streams; loading weights for a tool, a
+        # teacher or a transfer must not reset them.
+        if states and self._trainer is not None:
             torch.set_rng_state(states["torch"])
             kind, keys, position, has_gauss, gauss = states["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))

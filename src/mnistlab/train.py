@@ -85,6 +85,17 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
     return None
 
 
+def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
+    """(data module, Classifier, Trainer) from a composed config: what `train` runs, and what the benchmark
+    times as users run it."""
+    parts = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data)
+    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + list(extra_callbacks)
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit (or resume, with `ckpt_path`), then test the best checkpoint on the official test set; returns the
     final metrics."""
@@ -95,11 +106,7 @@ def train(cfg: DictConfig) -> dict:
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
 
     parts = OmegaConf.to_container(cfg, resolve=True)
-    datamodule = instantiate(cfg.data)
-    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule, module, trainer = build_run(cfg)
 
     # A resumed run times only the epochs it runs itself.
     epochs_before = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"] + 1 if resume_from else 0
@@ -177,12 +184,13 @@ def record_failure(message: str) -> float:
     return float("-inf")
 
 
-def compose_run_config(args: list[str]) -> DictConfig:
-    """The config a single run of `args` will get, with Hydra's own settings (for `${hydra:...}`) in place."""
+def compose_run_config(args: list[str], output_dir: str | None = None) -> DictConfig:
+    """The config a single run of `args` will get, with Hydra's own settings in place so that `${hydra:...}`
+    resolves; the run folder is `output_dir`, or hydra.run.dir as Hydra would make it."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=args, return_hydra_config=True)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir
+        cfg.hydra.runtime.output_dir = output_dir or cfg.hydra.run.dir
     HydraConfig.instance().set_config(cfg)
     return cfg
 
