@@ -79,3 +79,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
     assert exit_info.value.code == 2
     assert stderr.count("\n") == 1 and stderr.startswith("error: ")
     assert expected.format(empty=empty) in stderr
+
+
+def test_a_run_too_short_to_time_is_one_line(synthetic_root):
+    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--val-size", "100",
+                           "--variants", "a", "trainer.max_epochs=1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr == ("error: trainer.max_epochs=1: the benchmark times epoch 2 of a run, so it must be "
+                             ">= 2\n")

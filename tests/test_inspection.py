@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnistlab.inspection import feature_map_grids, filter_grids, flatten, mistakes_figure
+from mnistlab.inspection import due, feature_map_grids, filter_grids, flatten, mistakes_figure, tile_grid
 from mnistlab.model import SeedNet
 
 from .conftest import FAST, REPO, run_train
@@ -175,6 +176,21 @@ def test_grids_follow_the_network_shape():
     assert tuple(maps["conv1"].shape) == (3, *grid_size(tiles=2 * 8, per_row=8, tile=26))
     assert tuple(maps["input"].shape) == (3, *grid_size(tiles=2, per_row=2, tile=28))
     assert net.training  # drawing feature maps leaves the network as it found it
+
+
+def test_tiles_are_scaled_each_to_the_full_range():
+    tile = torch.arange(9.0).reshape(1, 1, 3, 3)
+    grid = tile_grid(torch.cat([tile, tile * 100 - 7]), per_row=2, zoom=1)
+    first, second = grid[0, 2:5, 2:5], grid[0, 2:5, 7:10]  # 2 pixels of padding around and between
+    assert torch.equal(first, second)
+    assert first.min() == 0 and first.max() == 1 and torch.allclose(first.flatten(), torch.arange(9.0) / 8)
+
+
+@pytest.mark.parametrize(("every", "epochs", "drawn"), [
+    (1, 4, [0, 1, 2, 3]), (5, 10, [0, 5, 9]), (5, 11, [0, 5, 10]), (3, 1, [0]), (0, 10, [])])
+def test_figures_are_drawn_every_nth_epoch_and_at_the_last(every, epochs, drawn):
+    assert [epoch for epoch in range(epochs)
+            if due(SimpleNamespace(current_epoch=epoch, max_epochs=epochs), every)] == drawn
 
 
 def test_mistakes_figure_titles_each_image_with_true_and_predicted_names():

@@ -69,6 +69,9 @@ RULES = {
     "tricks.linear_lr_scaling": (one_of(True, False), "true or false"),
     "tricks.freeze_conv": (one_of(True, False), "true or false"),
     "tricks.channels_last": (one_of(True, False, "auto"), "true, false or auto"),
+    **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = never)")
+       for name in ("filters.every_n_epochs", "feature_maps.every_n_epochs", "histograms.every_n_epochs",
+                    "validation_analysis.figures_every_n_epochs")},
 }
 
 
