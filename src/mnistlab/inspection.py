@@ -22,6 +22,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from torchvision.utils import make_grid
 
 FINAL_METRICS = ("test/acc", "test/loss", "val/acc_best")
+# Equal-width histogram bins: a third of the time of TensorBoard's default ~1500 exponential edges, which sort
+# every value (fc1 alone has 400,000), and TensorBoard re-bins to 30 for display anyway.
+BINS = 64
 
 
 def tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
@@ -258,14 +261,14 @@ class Histograms(pl.Callback):
             return
         for name, parameter in pl_module.net.named_parameters():
             if parameter.grad is not None:
-                writer.add_histogram(f"gradients/{name}", parameter.grad.float(), trainer.global_step)
+                writer.add_histogram(f"gradients/{name}", parameter.grad.float(), trainer.global_step, bins=BINS)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         if writer is None or not due(trainer, self.every_n_epochs):
             return
         for name, parameter in pl_module.net.named_parameters():
-            writer.add_histogram(f"weights/{name}", parameter.detach().float(), trainer.global_step)
+            writer.add_histogram(f"weights/{name}", parameter.detach().float(), trainer.global_step, bins=BINS)
 
 
 class EmbeddingProjector(pl.Callback):
