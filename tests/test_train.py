@@ -103,3 +103,16 @@ def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root
     assert result.stderr.strip().splitlines()[-1] == (
         "error: Error in call to target 'pytorch_lightning.trainer.trainer.Trainer': "
         "MisconfigurationException('No supported gpu backend found!') full_key: trainer")
+
+
+def test_compile_trains_the_compiled_network_and_saves_plain_checkpoints(tmp_path, synthetic_root):
+    """compile=true on the CPU: the run completes with the default callbacks (the graph trace included), learns, and its
+    checkpoint has the plain network's keys, so eval, predict, export and transfer load it unchanged."""
+    run_dir = tmp_path / "run"
+    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "compile=true",
+                       "trainer.precision=32-true", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.9, metrics
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert {"net.conv1.weight", "net.fc2.bias"} <= set(state) and not any("_orig_mod" in k for k in state)

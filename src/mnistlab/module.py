@@ -53,6 +53,7 @@ class Classifier(pl.LightningModule):
         self.mixer = tricks.batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
         # Not a submodule: the teacher is never trained, and never saved in the student's checkpoint.
         self.__dict__["teacher"] = load_teacher(distill_teacher, num_classes) if distill_teacher else None
+        self.__dict__["compiled_net"] = None  # see compile_network
         # validate_args=False: the argument checks sync with the host on every update.
         metric = dict(num_classes=num_classes, average="micro", validate_args=False)
         self.train_acc = MulticlassAccuracy(**metric)
@@ -65,7 +66,13 @@ class Classifier(pl.LightningModule):
         self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return (self.net if self.compiled_net is None else self.compiled_net)(x)
+
+    def compile_network(self, mode: str | None = None) -> None:
+        """torch.compile the forward pass (config `compile`). Kept beside `net`, not registered as a submodule:
+        `net` stays the plain network, so the state_dict keys, every checkpoint and the graph trace are unchanged.
+        Compiling happens at the first batch and counts in the run's time."""
+        self.__dict__["compiled_net"] = torch.compile(self.net, mode=mode)
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:

@@ -91,6 +91,8 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     parts = OmegaConf.to_container(cfg, resolve=True)
     datamodule = instantiate(cfg.data)
     module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
+    if cfg.get("compile"):
+        module.compile_network(None if cfg.compile is True else cfg.compile)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
