@@ -358,7 +358,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
             f"tricks.channels_last={str(bf16).lower()}"]
     n_train = prepare_data(args.data_root, args.train_images, folder)
 
-    base = compose_config(folder, args.val_size, device, folder / "runs", [])
+    base = compose_config(folder, args.val_size, device, folder / "runs", args.overrides)  # a, as users run it
     val_size = base.data.val_size
     if not 0 < val_size < n_train:
         raise ConfigError(f"--val-size={val_size} must be below the {n_train} training images")
