@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from mnistlab.benchmark import main
 
@@ -35,7 +36,8 @@ def test_all_variants_report(synthetic_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = table_rows(result.stdout)
     assert sorted(rows) == sorted(VARIANTS), result.stdout
-    assert rows["a"][0] == "64" and rows["c"][0] == "64" and rows["b"][0] == rows["a2"][0] == "128"
+    default_batch = OmegaConf.load(REPO / "configs" / "data" / "mnist.yaml").batch_size
+    assert rows["a"][0] == str(default_batch) and rows["c"][0] == "64" and rows["b"][0] == rows["a2"][0] == "128"
     for name, (_, _, median, low, high, speed, peak, _) in rows.items():
         numbers = [float(median), float(low), float(high), float(speed), float(peak)]
         assert all(math.isfinite(x) and x > 0 for x in numbers), (name, numbers)
