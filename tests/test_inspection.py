@@ -15,7 +15,15 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnistlab.inspection import due, feature_map_grids, filter_grids, flatten, mistakes_figure, tile_grid
+from mnistlab.inspection import (
+    ValidationAnalysis,
+    due,
+    feature_map_grids,
+    filter_grids,
+    flatten,
+    mistakes_figure,
+    tile_grid,
+)
 from mnistlab.model import SeedNet
 
 from .conftest import FAST, REPO, run_train
@@ -191,6 +199,15 @@ def test_tiles_are_scaled_each_to_the_full_range():
 def test_figures_are_drawn_every_nth_epoch_and_at_the_last(every, epochs, drawn):
     assert [epoch for epoch in range(epochs)
             if due(SimpleNamespace(current_epoch=epoch, max_epochs=epochs), every)] == drawn
+
+
+@pytest.mark.parametrize(("every", "epochs", "validate_every", "drawn"), [
+    (5, 10, 1, [0, 5, 9]), (5, 10, 4, [3, 7]), (2, 10, 3, [2, 8]), (1, 3, 1, [0, 1, 2]), (0, 10, 1, [])])
+def test_validation_figures_count_validation_passes(every, epochs, validate_every, drawn):
+    analysis = ValidationAnalysis(figures_every_n_epochs=every)
+    validated = [epoch for epoch in range(epochs) if (epoch + 1) % validate_every == 0]
+    assert [epoch for epoch in validated if analysis.count_and_check_due(SimpleNamespace(
+        current_epoch=epoch, max_epochs=epochs, check_val_every_n_epoch=validate_every))] == drawn
 
 
 def test_mistakes_figure_titles_each_image_with_true_and_predicted_names():

@@ -48,6 +48,7 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
     (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
     (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.module.Classifier takes "),
     (["+optimizer.betas=[0.9,0.99]"], "unknown key optimizer.betas: torch.optim.SGD takes "),
+    (["compile=1"], "compile=1 must be true, false or one of default, reduce-overhead"),
     (["callbacks.validation_analysis.figures_every_n_epochs=-1"],
      "callbacks.validation_analysis.figures_every_n_epochs=-1 must be an integer >= 0 (0 = never)"),
 ])

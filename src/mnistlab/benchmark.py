@@ -47,8 +47,9 @@ from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.train import build_run, compose_run_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
-# PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std.
+# PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
 TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
+TUTORIAL_SGD = {"lr": 0.01, "momentum": 0.5}
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
             "c": "classic tutorial loop"}
 RATIOS = {"a/c": "mnistlab as users run it over the classic tutorial loop",
@@ -145,7 +146,7 @@ def compose_config(root: Path, val_size: int | None, device: torch.device, run_d
     if val_size is not None:
         fixed.append(f"data.val_size={val_size}")
     cfg = compose_run_config(fixed + overrides, str(run_dir))
-    if cfg.trainer.max_epochs <= EpochTimer.TIMED_EPOCH:
+    if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs <= EpochTimer.TIMED_EPOCH:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: the benchmark times epoch "
                           f"{EpochTimer.TIMED_EPOCH + 1} of a run, so it must be >= {EpochTimer.TIMED_EPOCH + 1}")
     with open_dict(cfg):
@@ -181,13 +182,17 @@ class EpochTimer(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sync(pl_module.device)
+        if not self.start:
+            raise ConfigError(f"the fit ended before epoch {self.TIMED_EPOCH + 1}, which the benchmark times "
+                              "(trainer.max_steps or trainer.max_time too small?)")
         self.seconds = time.perf_counter() - self.start
         if self.profiler is not None:
             self.profiler.stop()
 
 
 def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> tuple[float, int]:
-    """(a): build the run exactly as mnistlab.train.train does, fit two epochs, time the second. The progress
+    """(a): build the run exactly as mnistlab.train.train does, fit it, time its second epoch (EpochTimer stops
+    the fit there). The progress
     bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
     table readable."""
     pl.seed_everything(cfg.seed, workers=True)
@@ -217,6 +222,9 @@ def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: b
     optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
     (train_x, train_y), (val_x, val_y) = ((x.to(device), y.to(device)) for x, y in splits)
     eval_batch, mean, std = cfg.data.eval_batch_size, cfg.data.mean, cfg.data.std
+    # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
+    steps_per_epoch = len(train_y) // batch
+    schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
 
     def normalize(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255).sub_(mean).div_(std)
@@ -232,6 +240,8 @@ def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: b
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
         net.eval()
         correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -246,7 +256,8 @@ def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: b
 
 def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
                  device: torch.device) -> tuple[float, int]:
-    """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and SGD."""
+    """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and the
+    classic example's SGD (lr 0.01, momentum 0.5)."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*TUTORIAL_NORMALIZE)])
     dataset = datasets.MNIST(str(root), train=True, transform=transform)
     loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
@@ -256,7 +267,7 @@ def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
                              batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
     torch.manual_seed(cfg.seed)
     net = instantiate(cfg.model).to(device)
-    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
+    optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
 
     def epoch() -> int:
         net.train()
@@ -398,7 +409,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
               "settings": {v: settings[v] for v in variants}, "results": results, "ratios": ratios(results)}
     if args.profile:
         limit = [f"+trainer.limit_train_batches={PROFILE_STEPS}"]
-        report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile", limit))
+        report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile",
+                                                   args.overrides + limit))
     return report
 
 

@@ -71,7 +71,8 @@ class Classifier(pl.LightningModule):
     def compile_network(self, mode: str | None = None) -> None:
         """torch.compile the forward pass (config `compile`). Kept beside `net`, not registered as a submodule:
         `net` stays the plain network, so the state_dict keys, every checkpoint and the graph trace are unchanged.
-        Compiling happens at the first batch and counts in the run's time."""
+        Compiling happens at the first forward pass (Lightning's model summary) and again for each new batch
+        shape or mode (training, validation), and counts in the run's time."""
         self.__dict__["compiled_net"] = torch.compile(self.net, mode=mode)
 
     def on_fit_start(self) -> None:

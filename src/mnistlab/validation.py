@@ -12,7 +12,7 @@ from mnistlab.errors import ConfigError
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "64",
               "transformer-engine")
-COMPILE = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def integer(low: int | None = None, high: int | None = None):
@@ -39,7 +39,8 @@ def one_of(*choices):
 # key: (check, what is allowed). Keys that a config does not have are skipped.
 RULES = {
     "seed": (integer(), "an integer"),
-    "compile": (one_of(*COMPILE), "one of " + ", ".join(map(str, COMPILE)).lower()),
+    "compile": (lambda value: isinstance(value, bool) or value in COMPILE_MODES,
+                "true, false or one of " + ", ".join(COMPILE_MODES)),
     "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
     "data.batch_size": (integer(1), "an integer >= 1"),
     "data.eval_batch_size": (integer(1), "an integer >= 1"),
