@@ -57,10 +57,15 @@ def evaluating(module: torch.nn.Module):
         module.train(was_training)
 
 
+def every_nth_or_last(index: int, every: int, last: bool) -> bool:
+    """The schedule of every periodic view: the first, every N-th after it, and the last; never when N is 0."""
+    return every > 0 and (index % every == 0 or last)
+
+
 def due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     """Every N-th epoch from the first, and the last of a run that reaches trainer.max_epochs."""
     epoch = trainer.current_epoch
-    return every_n_epochs > 0 and (epoch % every_n_epochs == 0 or epoch == trainer.max_epochs - 1)
+    return every_nth_or_last(epoch, every_n_epochs, epoch == trainer.max_epochs - 1)
 
 
 class ModelGraph(pl.Callback):
@@ -193,9 +198,8 @@ class ValidationAnalysis(pl.Callback):
         """Counts this validation pass; true when it draws the figures. Counted in passes, not epochs, so that
         trainer.check_val_every_n_epoch > 1 still draws, and the last pass is the last that validates."""
         passes, self.validations = self.validations, self.validations + 1
-        every = self.figures_every_n_epochs
         last = trainer.current_epoch + (trainer.check_val_every_n_epoch or 1) >= trainer.max_epochs
-        return every > 0 and (passes % every == 0 or last)
+        return every_nth_or_last(passes, self.figures_every_n_epochs, last)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         if trainer.sanity_checking:
