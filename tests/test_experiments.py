@@ -38,12 +38,15 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
     for name, metrics in finished.items():
         assert metrics["epochs"] == 2 and 0 <= metrics["test/acc"] <= 1, name
 
-    # The two that start from an earlier run get the baseline's checkpoint.
-    checkpoint = next(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").read_text()
-                      .count("+experiment=baseline")) / "checkpoints" / "last.ckpt"
+    # The two that start from an earlier run get the baseline's checkpoint; distillation gets an ensemble of it
+    # and the (BatchNorm) bag_of_tricks network, given as a list on the command line.
+    def checkpoint(experiment: str) -> str:
+        return str(next(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").read_text()
+                        .count(f"+experiment={experiment}\n")) / "checkpoints" / "last.ckpt")
+    given = {"distill": f"[{checkpoint('baseline')},{checkpoint('bag_of_tricks')}]", "transfer": checkpoint("baseline")}
     for name, key in NEEDS_A_CHECKPOINT.items():
         run_dir = tmp_path / name
-        done = run_train(f"+experiment={name}", f"{key}={checkpoint}", f"data.root={synthetic_root}", *TINY,
+        done = run_train(f"+experiment={name}", f"{key}={given[name]}", f"data.root={synthetic_root}", *TINY,
                          f"hydra.run.dir={run_dir}")
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
@@ -56,6 +59,9 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
      "error: scheduler.warmup_epochs=3 must be below trainer.max_epochs=2: warmup must end before training does"),
     (["+experiment=distill"],
      "error: tricks.distill_teacher=<path to a checkpoint of an earlier run>: no such checkpoint file"),
+    (["+experiment=distill", "tricks.distill_teacher=[]"],
+     "error: tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them [A,B,...] (their ensemble "
+     "is the teacher)"),
     (["model.downsample=average"], "error: model.downsample='average' must be one of pool, stride"),
 ])
 def test_invalid_values_stop_before_training_with_one_line(tmp_path, synthetic_root, overrides, says):

@@ -12,7 +12,7 @@ from mnistlab import schedules, tricks
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.model import SeedNet
-from mnistlab.module import Classifier
+from mnistlab.module import Classifier, load_classifier
 
 MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -273,6 +273,37 @@ def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_p
 def test_a_missing_teacher_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"tricks.distill_teacher=.*nope.ckpt: no such checkpoint file"):
         Classifier(MODEL, SGD, {}, distill_teacher=str(tmp_path / "nope.ckpt"))
+
+
+def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path):
+    torch.manual_seed(0)
+    paths = [save_checkpoint(Classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
+             for i, bn in enumerate((True, False))]
+    student = Classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
+    members = [load_classifier(path, "test").net.eval() for path in paths]
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = (members[0](x) + members[1](x)) / 2
+        assert torch.allclose(student.teacher(x), expected, atol=1e-6)
+    assert not student.teacher.training and not any(p.requires_grad for p in student.teacher.parameters())
+    assert student.teacher.members[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any("teacher" in name for name in student.state_dict())
+
+
+@pytest.mark.parametrize(("teacher", "says"), [
+    ([], "tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them"),
+    (3, "tricks.distill_teacher=3 must be null, a checkpoint path, or a list of them"),
+])
+def test_a_teacher_that_is_not_a_path_or_a_list_of_paths_is_a_config_error(teacher, says):
+    with pytest.raises(ConfigError) as info:
+        Classifier(MODEL, SGD, {}, distill_teacher=teacher)
+    assert str(info.value).startswith(says)
+
+
+def test_a_missing_member_of_a_teacher_ensemble_is_named(tmp_path):
+    good = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "good.ckpt")
+    with pytest.raises(ConfigError, match=r"^tricks.distill_teacher=.*gone.ckpt: no such checkpoint file$"):
+        Classifier(MODEL, SGD, {}, distill_teacher=[good, str(tmp_path / "gone.ckpt")])
 
 
 # Transfer learning -----------------------------------------------------------------------------------------

@@ -33,12 +33,14 @@ class Classifier(pl.LightningModule):
     def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, label_smoothing: float = 0.0,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
                  mix_off_last_epochs: int = 0, no_bias_decay: bool = False, linear_lr_scaling: bool = False,
-                 distill_teacher: str | None = None, distill_weight: float = 0.5, distill_temperature: float = 4.0,
+                 distill_teacher: str | list[str] | None = None, distill_weight: float = 0.5,
+                 distill_temperature: float = 4.0,
                  init_from: str | None = None, freeze_conv: bool = False, channels_last: bool | str = "auto"):
         super().__init__()
         check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                          mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_weight=distill_weight,
-                          distill_temperature=distill_temperature, channels_last=channels_last), prefix="tricks")
+                          mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_teacher=distill_teacher,
+                          distill_weight=distill_weight, distill_temperature=distill_temperature,
+                          channels_last=channels_last), prefix="tricks")
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
@@ -47,13 +49,13 @@ class Classifier(pl.LightningModule):
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:
             tricks.transfer_weights(self.net, init_from, freeze_conv)
-        if channels_last is True:
-            self.net.to(memory_format=torch.channels_last)
         num_classes = model["num_classes"]
         self.mixer = tricks.batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
         # Not a submodule: the teacher is never trained, and never saved in the student's checkpoint.
         self.__dict__["teacher"] = load_teacher(distill_teacher, num_classes) if distill_teacher else None
         self.__dict__["compiled_net"] = None  # see compile_network
+        if channels_last is True:
+            self.use_channels_last()
         # validate_args=False: the argument checks sync with the host on every update.
         metric = dict(num_classes=num_classes, average="micro", validate_args=False)
         self.train_acc = MulticlassAccuracy(**metric)
@@ -81,7 +83,13 @@ class Classifier(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last == "auto" and str(self.trainer.precision).startswith("bf16"):
-            self.net.to(memory_format=torch.channels_last)  # NHWC is what makes bf16 convolutions fast
+            self.use_channels_last()
+
+    def use_channels_last(self) -> None:
+        """NHWC is what makes bf16 convolutions fast; the teacher, which runs every step too, follows the net."""
+        self.net.to(memory_format=torch.channels_last)
+        if self.teacher is not None:
+            self.teacher.to(memory_format=torch.channels_last)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None:  # mnistlab-eval tests at the precision the run trained at
@@ -254,10 +262,15 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTD
     return MNISTDataModule(**settings)
 
 
-def load_teacher(checkpoint: str, num_classes: int) -> torch.nn.Module:
-    """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation."""
-    teacher = load_classifier(checkpoint, "tricks.distill_teacher").net
-    if teacher.fc2.out_features != num_classes:
-        raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {teacher.fc2.out_features} "
-                          f"classes, this run {num_classes}")
+def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Module:
+    """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation; from a list of
+    checkpoints, their ensemble (the networks may differ in size)."""
+    nets = []
+    for checkpoint in [checkpoints] if isinstance(checkpoints, str) else checkpoints:
+        net = load_classifier(checkpoint, "tricks.distill_teacher").net
+        if net.fc2.out_features != num_classes:
+            raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.fc2.out_features} "
+                              f"classes, this run {num_classes}")
+        nets.append(net)
+    teacher = nets[0] if len(nets) == 1 else tricks.TeacherEnsemble(nets)
     return teacher.eval().requires_grad_(False)

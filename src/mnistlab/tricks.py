@@ -60,6 +60,21 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - weight) * hard_loss + weight * temperature**2 * soft
 
 
+class TeacherEnsemble(nn.Module):
+    """Several teachers as one, for distilling an ensemble into a single network (Hinton et al. section 3).
+
+    Their logits are averaged, so distillation_loss is unchanged: softmax(mean logits / T) is the normalised
+    geometric mean of the teachers' tempered distributions.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
 def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
     """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
     path = Path(checkpoint).expanduser()

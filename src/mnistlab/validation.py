@@ -66,6 +66,9 @@ RULES = {
     "tricks.cutmix_alpha": (number(0), ">= 0 (0 turns cutmix off)"),
     "tricks.mix_prob": (number(0, 1), "in [0, 1]"),
     "tricks.mix_off_last_epochs": (integer(0), "an integer >= 0"),
+    "tricks.distill_teacher": (lambda value: value is None or isinstance(value, str) or (
+        isinstance(value, list) and len(value) > 0 and all(isinstance(path, str) for path in value)),
+        "null, a checkpoint path, or a list of them [A,B,...] (their ensemble is the teacher)"),
     "tricks.distill_weight": (number(0, 1), "in [0, 1]"),
     "tricks.distill_temperature": (number(0, low_open=True), "> 0"),
     "tricks.no_bias_decay": (one_of(True, False), "true or false"),
