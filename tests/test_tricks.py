@@ -322,6 +322,19 @@ def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_co
         Classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
 
 
+def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_source(tmp_path):
+    earlier = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
+    student = Classifier(MODEL, SGD, {}, distill_teacher=earlier)
+    transferred = Classifier(MODEL, SGD, {}, init_from=earlier, freeze_conv=True)
+    paths = [save_checkpoint(module, tmp_path / f"{name}.ckpt")
+             for name, module in (("student", student), ("transferred", transferred))]
+    (tmp_path / "earlier.ckpt").unlink()  # tools, and teachers, need only the checkpoint's own weights
+    for module, path in zip((student, transferred), paths, strict=True):
+        loaded = load_classifier(path, "ckpt_path")
+        assert loaded.teacher is None
+        assert all(torch.equal(loaded.net.state_dict()[k], v) for k, v in module.net.state_dict().items())
+
+
 # Weight averaging ------------------------------------------------------------------------------------------
 
 class RecordWeights(Callback):

@@ -215,7 +215,10 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     Missing, corrupt and mismatched files end in one ConfigError line."""
     path = tricks.existing_checkpoint(checkpoint, what)
     try:
-        return Classifier.load_from_checkpoint(path, map_location="cpu")
+        # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
+        # needed (they may be gone).
+        return Classifier.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
+                                               freeze_conv=False)
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
 
