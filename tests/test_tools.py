@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnistlab.conv_basics import receptive_field, true_convolution
 from mnistlab.idx import read_idx
 from mnistlab.model import SeedNet
+from mnistlab.module import load_classifier, load_datamodule
 from mnistlab.predict import fit_to_frame
 from mnistlab.summary import layer_table
 from mnistlab.synthetic import write_synthetic_dataset
@@ -163,6 +164,31 @@ def test_eval_on_another_folder_needs_only_its_test_files(trained, tmp_path):
     per_class = evaluated["per_class_acc"]
     weighted = sum(per_class[str(c)] * int((labels == c).sum()) for c in range(10)) / len(labels)
     assert evaluated["images"] == 120 and abs(weighted - evaluated["test/acc"]) < 1e-4
+
+
+def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
+    checkpoint, _ = trained
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.manual_seed(0)
+    saved["state_dict"] = {name: tensor + 0.05 * torch.randn_like(tensor) if name.startswith("net.fc") else tensor
+                           for name, tensor in saved["state_dict"].items()}
+    other = tmp_path / "other.ckpt"
+    torch.save(saved, other)
+    out = tmp_path / "ensemble.json"
+    result = tool("mnistlab-eval", f"ckpt_path=[{checkpoint},{other}]", "precision=32-true", f"json={out}")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(out.read_text())
+    members = [load_classifier(path, "ckpt_path").eval() for path in (checkpoint, other)]
+    data = load_datamodule(checkpoint, {})
+    data.setup("test")
+    x, y = (torch.cat(parts) for parts in zip(*data.test_dataloader(), strict=True))
+    with torch.no_grad():
+        logits = (members[0](x) + members[1](x)) / 2
+    assert evaluated["test/acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    assert evaluated["checkpoint"] == [str(checkpoint), str(other)]
+    assert f"checkpoint  the ensemble of {checkpoint}, {other}" in result.stdout
+    assert_one_line_error(tool("mnistlab-eval", "ckpt_path=[]"), "ckpt_path=[]", "a list [A,B,...]")
 
 
 def test_eval_bad_checkpoints_are_one_line(trained, tmp_path):

@@ -4,6 +4,7 @@
     mnistlab-eval ckpt_path=CKPT data.root=DIR                     # the same dataset in another folder
     mnistlab-eval ckpt_path=CKPT data.name=kmnist data.root=DIR data.mean=0.1918 data.std=0.3483
     mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=32-true
+    mnistlab-eval ckpt_path=[CKPT1,CKPT2,CKPT3]                    # their ensemble: the mean of their logits
 
 The data settings come from the checkpoint (the run's data module saves them); `data.KEY=VALUE` changes one.
 Only the test files are needed. The test pass is Lightning's, as at the end of training, at the precision the
@@ -24,6 +25,7 @@ from mnistlab.cli import REQUIRED, parse_args, run_tool
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.module import Classifier, load_classifier, load_datamodule
+from mnistlab.tricks import Ensemble
 
 OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json": ""}
 
@@ -39,11 +41,20 @@ def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> Non
                           f"images and {has[2]} classes")
 
 
-def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str = "auto", precision: str = "") -> dict:
-    """test/acc, test/loss and per-class accuracy of a checkpoint on a test set."""
-    module = load_classifier(checkpoint, "ckpt_path")
-    data = load_datamodule(checkpoint, data_overrides)
-    check_fit(module, data, checkpoint)
+def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accelerator: str = "auto",
+             precision: str = "") -> dict:
+    """test/acc, test/loss and per-class accuracy of a checkpoint on a test set; of a list of checkpoints, their
+    ensemble's (the mean of their logits, as for a distillation teacher). The data settings are the first's."""
+    checkpoints = [checkpoint] if isinstance(checkpoint, str) else checkpoint
+    if not checkpoints:
+        raise ConfigError("ckpt_path=[]: give a checkpoint, or a list [A,B,...] to score their ensemble")
+    members = [load_classifier(path, "ckpt_path") for path in checkpoints]
+    data = load_datamodule(checkpoints[0], data_overrides)
+    for member, path in zip(members, checkpoints, strict=True):
+        check_fit(member, data, path)
+    module = members[0]
+    if len(members) > 1:
+        module.net = Ensemble([member.net for member in members])
     precision = precision or module.trained_precision
     try:
         trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
@@ -61,14 +72,17 @@ def evaluate(checkpoint: str, data_overrides: dict[str, str], accelerator: str =
     images, _ = data.splits["test"]
     return {"test/acc": results["test/acc"], "test/loss": results["test/loss"], "images": len(images),
             "precision": precision,
-            "dataset": data.name, "root": str(data.root), "checkpoint": str(checkpoint),
+            "dataset": data.name, "root": str(data.root),
+            "checkpoint": str(checkpoint) if isinstance(checkpoint, str) else [str(path) for path in checkpoint],
             "per_class_acc": dict(zip(data.class_names, per_class.compute().tolist(), strict=True))}
 
 
 def report(metrics: dict) -> str:
     per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
+    checkpoint = metrics["checkpoint"]
+    shown = checkpoint if isinstance(checkpoint, str) else f"the ensemble of {', '.join(checkpoint)}"
     return "\n".join([
-        f"checkpoint  {metrics['checkpoint']}",
+        f"checkpoint  {shown}",
         f"test set    {metrics['images']} images of {metrics['dataset']} in {metrics['root']}, {metrics['precision']}",
         f"test/acc    {metrics['test/acc']:.4f}",
         f"test/loss   {metrics['test/loss']:.4f}",

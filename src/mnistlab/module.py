@@ -275,5 +275,5 @@ def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Mod
             raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.fc2.out_features} "
                               f"classes, this run {num_classes}")
         nets.append(net)
-    teacher = nets[0] if len(nets) == 1 else tricks.TeacherEnsemble(nets)
+    teacher = nets[0] if len(nets) == 1 else tricks.Ensemble(nets)
     return teacher.eval().requires_grad_(False)

@@ -60,11 +60,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - weight) * hard_loss + weight * temperature**2 * soft
 
 
-class TeacherEnsemble(nn.Module):
-    """Several teachers as one, for distilling an ensemble into a single network (Hinton et al. section 3).
+class Ensemble(nn.Module):
+    """Several networks as one: a teacher ensemble distilled into a single network (Hinton et al. section 3), or
+    checkpoints scored together by mnistlab-eval.
 
     Their logits are averaged, so distillation_loss is unchanged: softmax(mean logits / T) is the normalised
-    geometric mean of the teachers' tempered distributions.
+    geometric mean of the members' tempered distributions.
     """
 
     def __init__(self, members: list[nn.Module]):
