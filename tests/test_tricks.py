@@ -227,7 +227,10 @@ def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
 
 def test_channels_last_puts_the_convolutions_in_nhwc():
     module = Classifier(MODEL, SGD, {}, channels_last=True)
-    assert module.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # conv2's weights, [50, 20, 5, 5]: with one input channel, conv1's are contiguous in both formats
+    assert module.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not Classifier(MODEL, SGD, {}, channels_last=False).net.conv2.weight.is_contiguous(
+        memory_format=torch.channels_last)
     assert module(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -286,7 +289,7 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
         expected = (members[0](x) + members[1](x)) / 2
         assert torch.allclose(student.teacher(x), expected, atol=1e-6)
     assert not student.teacher.training and not any(p.requires_grad for p in student.teacher.parameters())
-    assert student.teacher.members[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert student.teacher.members[1].conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any("teacher" in name for name in student.state_dict())
 
 
