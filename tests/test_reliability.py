@@ -43,6 +43,8 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
      "scheduler.warmup_epochs=10 must be below trainer.max_epochs=10"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be an integer >= 1"),
     (["trainer.precision=fp16"], "trainer.precision='fp16' must be one of 32-true"),
+    (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' must be one of 32-true, 32, bf16-mixed, "
+                                      "16-mixed (bf16-true, 16-true and 64-true runs are not supported)"),
     (["model.downsample=avg"], "model.downsample='avg' must be one of pool, stride"),
     (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
     (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),

@@ -189,6 +189,13 @@ def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
     assert evaluated["checkpoint"] == [str(checkpoint), str(other)]
     assert f"checkpoint  the ensemble of {checkpoint}, {other}" in result.stdout
     assert_one_line_error(tool("mnistlab-eval", "ckpt_path=[]"), "ckpt_path=[]", "a list [A,B,...]")
+    saved["datamodule_hyper_parameters"]["mean"] = 0.5  # another normalisation than the first member's
+    renormalised = tmp_path / "renormalised.ckpt"
+    torch.save(saved, renormalised)
+    assert_one_line_error(tool("mnistlab-eval", f"ckpt_path=[{checkpoint},{renormalised}]"), str(renormalised),
+                          "mean 0.5", "an ensemble's members must share their data")
+    alone = tool("mnistlab-eval", f"ckpt_path=[{checkpoint}]")
+    assert alone.returncode == 0 and f"checkpoint  {checkpoint}\n" in alone.stdout
 
 
 def test_eval_bad_checkpoints_are_one_line(trained, tmp_path):

@@ -325,6 +325,27 @@ def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_co
         Classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
 
 
+def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, synthetic_root):
+    # Lightning converts only submodules to bf16-true; the teacher (not one) must follow, or its fp32 weights meet
+    # bf16 inputs.
+    teacher = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
+    student = Classifier(MODEL, SGD, {}, distill_teacher=teacher)
+    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    trainer = pl.Trainer(accelerator="cpu", precision="bf16-true", max_epochs=1, limit_train_batches=2,
+                         limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(student, datamodule=data)
+    assert student.net.fc2.weight.dtype == torch.bfloat16 and student.teacher.fc2.weight.dtype == torch.bfloat16
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+
+
+def test_a_list_where_one_checkpoint_is_taken_is_one_line():
+    with pytest.raises(ConfigError, match=r"^tricks.init_from=\['a.ckpt'\] must be null or one checkpoint path$"):
+        Classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
+    with pytest.raises(ConfigError, match=r"^ckpt_path=\['a.ckpt', 'b.ckpt'\]: takes one checkpoint path$"):
+        tricks.existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
+
+
 def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_source(tmp_path):
     earlier = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
     student = Classifier(MODEL, SGD, {}, distill_teacher=earlier)

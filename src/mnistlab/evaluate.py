@@ -48,10 +48,17 @@ def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accele
     checkpoints = [checkpoint] if isinstance(checkpoint, str) else checkpoint
     if not checkpoints:
         raise ConfigError("ckpt_path=[]: give a checkpoint, or a list [A,B,...] to score their ensemble")
+    checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints  # [A] is A
     members = [load_classifier(path, "ckpt_path") for path in checkpoints]
     data = load_datamodule(checkpoints[0], data_overrides)
+    first = load_datamodule(checkpoints[0], {})
     for member, path in zip(members, checkpoints, strict=True):
         check_fit(member, data, path)
+        trained_on = load_datamodule(path, {})
+        if (trained_on.name, trained_on.mean, trained_on.std) != (first.name, first.mean, first.std):
+            raise ConfigError(f"ckpt_path: {path} was trained on {trained_on.name} (mean {trained_on.mean}, std "
+                              f"{trained_on.std}), {checkpoints[0]} on {first.name} (mean {first.mean}, std "
+                              f"{first.std}); an ensemble's members must share their data")
     module = members[0]
     if len(members) > 1:
         module.net = Ensemble([member.net for member in members])

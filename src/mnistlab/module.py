@@ -26,8 +26,8 @@ class Classifier(pl.LightningModule):
     the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the run's length).
 
     The remaining arguments are the bag-of-tricks switches, all off by default (configs/train.yaml `tricks`).
-    Everything is saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` rebuilds the exact
-    network without the run's config files.
+    Everything is saved in the checkpoint, so `load_classifier(path)` rebuilds the exact network without the
+    run's config files (and without the run's teacher or transfer source).
     """
 
     def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, label_smoothing: float = 0.0,
@@ -40,7 +40,7 @@ class Classifier(pl.LightningModule):
         check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                           mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_teacher=distill_teacher,
                           distill_weight=distill_weight, distill_temperature=distill_temperature,
-                          channels_last=channels_last), prefix="tricks")
+                          init_from=init_from, channels_last=channels_last), prefix="tricks")
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
@@ -78,8 +78,8 @@ class Classifier(pl.LightningModule):
         self.__dict__["compiled_net"] = torch.compile(self.net, mode=mode)
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            self.teacher.to(self.device)
+        if self.teacher is not None:  # not a submodule: Lightning moves and converts (bf16-true, ...) only the net
+            self.teacher.to(device=self.device, dtype=self.dtype)
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last == "auto" and str(self.trainer.precision).startswith("bf16"):
@@ -212,7 +212,8 @@ class Classifier(pl.LightningModule):
 
 def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     """A trained Classifier (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
-    Missing, corrupt and mismatched files end in one ConfigError line."""
+    Missing, corrupt and mismatched files end in one ConfigError line. Its hparams read no teacher and no transfer
+    source: the saved weights already hold what they gave."""
     path = tricks.existing_checkpoint(checkpoint, what)
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor

@@ -65,7 +65,8 @@ class Ensemble(nn.Module):
     checkpoints scored together by mnistlab-eval.
 
     Their logits are averaged, so distillation_loss is unchanged: softmax(mean logits / T) is the normalised
-    geometric mean of the members' tempered distributions.
+    geometric mean of the members' tempered distributions. A member with larger logits (one trained without label
+    smoothing, say) weighs more in that mean.
     """
 
     def __init__(self, members: list[nn.Module]):
@@ -78,6 +79,8 @@ class Ensemble(nn.Module):
 
 def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
     """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
+    if not isinstance(checkpoint, str | Path):
+        raise ConfigError(f"{what}={checkpoint}: takes one checkpoint path")
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ConfigError(f"{what}={checkpoint}: no such checkpoint file")
