@@ -41,6 +41,16 @@ def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> Non
                           f"images and {has[2]} classes")
 
 
+def check_same_data(checkpoints: list[str]) -> None:
+    """An ensemble's members must have been trained on the same dataset and normalisation as the first."""
+    first, *others = (load_datamodule(path, {}) for path in checkpoints)
+    for path, trained_on in zip(checkpoints[1:], others, strict=True):
+        if (trained_on.name, trained_on.mean, trained_on.std) != (first.name, first.mean, first.std):
+            raise ConfigError(f"ckpt_path: {path} was trained on {trained_on.name} (mean {trained_on.mean}, std "
+                              f"{trained_on.std}), {checkpoints[0]} on {first.name} (mean {first.mean}, std "
+                              f"{first.std}); an ensemble's members must share their data")
+
+
 def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accelerator: str = "auto",
              precision: str = "") -> dict:
     """test/acc, test/loss and per-class accuracy of a checkpoint on a test set; of a list of checkpoints, their
@@ -51,16 +61,11 @@ def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accele
     checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints  # [A] is A
     members = [load_classifier(path, "ckpt_path") for path in checkpoints]
     data = load_datamodule(checkpoints[0], data_overrides)
-    first = load_datamodule(checkpoints[0], {})
     for member, path in zip(members, checkpoints, strict=True):
         check_fit(member, data, path)
-        trained_on = load_datamodule(path, {})
-        if (trained_on.name, trained_on.mean, trained_on.std) != (first.name, first.mean, first.std):
-            raise ConfigError(f"ckpt_path: {path} was trained on {trained_on.name} (mean {trained_on.mean}, std "
-                              f"{trained_on.std}), {checkpoints[0]} on {first.name} (mean {first.mean}, std "
-                              f"{first.std}); an ensemble's members must share their data")
     module = members[0]
     if len(members) > 1:
+        check_same_data(checkpoints)
         module.net = Ensemble([member.net for member in members])
     precision = precision or module.trained_precision
     try:
