@@ -16,6 +16,14 @@ def make_module(root, **kwargs) -> MNISTDataModule:
     return module
 
 
+def test_val_size_0_trains_on_every_training_image_and_skips_validation(synthetic_root):
+    module = make_module(synthetic_root, val_size=0)
+    assert set(module.splits) == {"train", "test"}
+    assert torch.equal(module.splits["train"][0][:, 0], read_idx(synthetic_root / "train-images-idx3-ubyte.gz"))
+    assert module.val_dataloader() == []  # Lightning skips validation for an empty list
+    assert sum(len(y) for _, y in module.train_dataloader()) == 1200 // 64 * 64  # full batches only
+
+
 def test_finds_files_in_a_plain_folder_and_in_torchvisions_layout(tmp_path, synthetic_root):
     assert find_idx_files(synthetic_root, "mnist")["train-images-idx3-ubyte"].name == "train-images-idx3-ubyte.gz"
     layout = write_synthetic_dataset(tmp_path / "FashionMNIST" / "raw", n_train=10, n_test=5, gzipped=False)
@@ -126,8 +134,8 @@ def test_missing_files_offline_give_one_line_naming_folder_and_files(tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "says"), [
     ({"name": "emnist"}, "data.name='emnist' is not a known dataset; choose one of fashion_mnist, kmnist, mnist"),
-    ({"val_size": 1200}, "data.val_size=1200 must be between 1 and 1199"),
-    ({"val_size": 0}, "data.val_size=0 must be between 1 and 1199"),
+    ({"val_size": 1200}, "data.val_size=1200 must be between 0 and 1199"),
+    ({"val_size": -1}, "data.val_size=-1 must be between 0 and 1199"),
 ])
 def test_bad_settings_are_config_errors(synthetic_root, kwargs, says):
     with pytest.raises(ConfigError) as info:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,17 @@ def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
                         "| 0.300 ± 0.000 | 11.00 ± 1.00 |")
     assert lines[3] == "| bag_of_tricks | 1 | 1 | 95.00 | 96.00 | 0.200 | 5.00 |"
     assert lines[-1] == "- job 4 (experiment=bag_of_tricks): out of memory"
+
+
+def test_report_leaves_best_val_blank_for_runs_without_validation(tmp_path):
+    # data.val_size=0 runs write val/acc_best as nan (json's NaN): no validation, not a score of nan.
+    for seed, acc in enumerate([0.93, 0.95]):
+        fake_job(tmp_path, seed, ["data.val_size=0", f"seed={seed}"],
+                 {"test/acc": acc, "val/acc_best": math.nan, "test/loss": 0.2, "seconds_per_epoch": 5.0})
+    keys, table = rows(collect(tmp_path))
+    assert table[0]["val/acc_best"] is None and table[0]["test/acc"][0] == pytest.approx(94.0)
+    row = "| all | 2 | 0 | 94.00 ± 1.41 | - | 0.200 ± 0.000 | 5.00 ± 0.00 |"
+    assert markdown(keys, table, []).splitlines()[2] == row
 
 
 def test_report_of_an_empty_folder_is_one_line(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab.module import load_classifier, load_datamodule
+
 from .conftest import FAST, REPO, offline_env, run_train
 
 
@@ -42,6 +44,42 @@ def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, syn
     assert len(events.Scalars("val/acc")) == 2
     assert events.Scalars("test/acc")[-1].value == metrics["test/acc"]
     assert max(e.value for e in events.Scalars("val/acc")) == metrics["val/acc_best"]
+
+
+def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_weights(tmp_path, synthetic_root):
+    """The final fit once a recipe is chosen: no validation, the last epoch's checkpoint (the EMA weights) is the
+    one tested, and the views that need no validation split still run."""
+    run_dir = tmp_path / "run"
+    result = run_train("+experiment=ema", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST,
+                       "data.val_size=0", "callbacks.embedding.num_images=16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not find the monitored key" not in result.stderr
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val/acc_best"] != metrics["val/acc_best"]  # nan: nothing was validated
+    assert metrics["test/acc"] > 0.2, metrics  # above chance; EMA at decay 0.999 over 36 steps is still young
+    assert "no validation split" in result.stdout
+    last_epoch = run_dir / "checkpoints" / "epoch001.ckpt"
+    assert metrics["best_checkpoint"] == str(last_epoch) and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(last_epoch, map_location="cpu", weights_only=True)
+    assert "current_model_state" in checkpoint  # Lightning's weight averaging: state_dict holds the average
+    assert checkpoint["datamodule_hyper_parameters"]["val_size"] == 0
+
+    # The tested weights are that checkpoint's: its test accuracy, recomputed here, is the one reported.
+    module = load_classifier(last_epoch, "ckpt_path").eval()
+    data = load_datamodule(last_epoch, {})
+    data.setup("test")
+    with torch.no_grad():
+        correct = sum(int((module(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
+    assert correct / 300 == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/acc", "test/acc"} <= tags and not any(tag.startswith("val/") for tag in tags)
+    assert len(events.Scalars("train/acc")) == 2
+    assert "filters/conv1" in events.Tags()["images"] and "feature_maps/conv1" not in events.Tags()["images"]
+    metadata = next((run_dir / "tensorboard").rglob("metadata.tsv")).read_text().splitlines()
+    assert len(metadata) == 16  # the embedding, of training images
 
 
 def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):

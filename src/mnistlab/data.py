@@ -171,7 +171,8 @@ class DeviceBatches:
 
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST, Fashion-MNIST or KMNIST: official test set as test, the last `val_size` training images as
-    validation (the same slice whatever the seed), everything moved once to the device."""
+    validation (the same slice whatever the seed; 0: none, every image trains), everything moved once to the
+    device."""
 
     def __init__(self, name: str = "mnist", root: str = "data", download: bool = True, val_size: int = 5000,
                  batch_size: int = 128, eval_batch_size: int = 1000, mean: float = 0.1307, std: float = 0.3081,
@@ -211,11 +212,13 @@ class MNISTDataModule(pl.LightningDataModule):
         splits = {"test": load_split(files, "test", self.image_size, self.num_classes)}
         if stems == ALL_FILES:
             images, labels = load_split(files, "train", self.image_size, self.num_classes)
-            if not 0 < self.val_size < len(images):
-                raise ConfigError(f"data.val_size={self.val_size} must be between 1 and {len(images) - 1}: the "
+            if not 0 <= self.val_size < len(images):
+                raise ConfigError(f"data.val_size={self.val_size} must be between 0 and {len(images) - 1}: the "
                                   f"training split ({files[SPLIT_FILES['train'][0]]}) holds {len(images)} images")
             cut = len(images) - self.val_size
-            splits |= {"train": (images[:cut], labels[:cut]), "val": (images[cut:], labels[cut:])}
+            splits["train"] = images[:cut], labels[:cut]
+            if self.val_size:
+                splits["val"] = images[cut:], labels[cut:]
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.splits = {split: (x.to(device), y.to(device)) for split, (x, y) in splits.items()}
 
@@ -259,8 +262,9 @@ class MNISTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DeviceBatches:
         return self._batches("train", self.batch_size, shuffle=True, augment=self.augment)
 
-    def val_dataloader(self) -> DeviceBatches:
-        return self._batches("val", self.eval_batch_size, shuffle=False)
+    def val_dataloader(self) -> DeviceBatches | list:
+        # No validation split (val_size=0): an empty list, which Lightning takes as "skip validation".
+        return self._batches("val", self.eval_batch_size, shuffle=False) if "val" in self.splits else []
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", self.eval_batch_size, shuffle=False)

@@ -285,7 +285,8 @@ class Histograms(pl.Callback):
 
 class EmbeddingProjector(pl.Callback):
     """TensorBoard's projector at the end of training: the penultimate features (fc2's input) of the first
-    `num_images` validation images, with their labels and an image sprite. 0 images: off."""
+    `num_images` validation images (training images when there is no validation split), with their labels and
+    an image sprite. 0 images: off."""
 
     def __init__(self, num_images: int = 0):
         self.num_images = num_images
@@ -294,7 +295,8 @@ class EmbeddingProjector(pl.Callback):
         writer = tensorboard_writer(trainer)
         if writer is None or self.num_images <= 0:
             return
-        images, labels = trainer.datamodule.first_images("val", self.num_images)
+        split = "val" if "val" in trainer.datamodule.splits else "train"
+        images, labels = trainer.datamodule.first_images(split, self.num_images)
         captured = []
         hook = pl_module.net.fc2.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
         try:
@@ -311,7 +313,7 @@ class EmbeddingProjector(pl.Callback):
 def log_hparams(trainer: pl.Trainer, config: dict, metrics: dict) -> None:
     """The HPARAMS tab: the resolved config (flattened, e.g. `tricks.mixup_alpha`) with the final metrics, so a
     sweep's runs line up side by side. Written once the run is over, when the metrics exist."""
-    final = {key: metrics[key] for key in FINAL_METRICS}
+    final = {key: metrics[key] for key in FINAL_METRICS if not math.isnan(metrics[key])}  # nan: no validation
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(flatten(config), metrics=final, step=trainer.global_step)

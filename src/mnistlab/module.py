@@ -168,6 +168,7 @@ class Classifier(pl.LightningModule):
         self.stop_if_nonfinite()  # checkpoints are written after validation: never one of a diverged run
 
     def on_train_epoch_end(self) -> None:
+        self.stop_if_nonfinite()  # without validation, checkpoints are written right after this hook
         self.log("train/loss_epoch", self.train_loss)
         self.log("train/acc", self.train_acc)
 

@@ -8,6 +8,7 @@ written as Markdown, CSV and a PNG bar chart of test accuracy; failed jobs are l
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
         finished = [job.metrics for job in members if job.metrics is not None]
         row = dict(zip(keys, values, strict=True), runs=len(finished), failed=len(members) - len(finished))
         for metric, _, scale in METRICS:
-            numbers = [scale * m[metric] for m in finished if metric in m]
+            # val/acc_best is nan for a run without a validation split (data.val_size=0)
+            numbers = [scale * m[metric] for m in finished if not math.isnan(m.get(metric, math.nan))]
             row[metric] = summarise(numbers) if numbers else None
         table.append(row)
     return keys, table

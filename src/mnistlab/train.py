@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -85,6 +86,14 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
     return None
 
 
+def checkpoint_without_validation(callback: DictConfig, val_size: int | None) -> dict:
+    """With no validation split there is no val/acc to rank checkpoints by: the checkpoint kept (and tested) is
+    the last epoch's. The overrides for that callback, none for any other."""
+    if val_size != 0 or not issubclass(get_object(callback._target_), pl.callbacks.ModelCheckpoint):
+        return {}
+    return {"monitor": None}
+
+
 def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     """(data module, Classifier, Trainer) from a composed config: what `train` runs, and what the benchmark
     times as users run it."""
@@ -93,14 +102,15 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
     if cfg.get("compile"):
         module.compile_network(None if cfg.compile is True else cfg.compile)
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + list(extra_callbacks)
+    callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size")))
+                 for c in cfg.get("callbacks", {}).values()] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit (or resume, with `ckpt_path`), then test the best checkpoint on the official test set; returns the
-    final metrics."""
+    """Fit (or resume, with `ckpt_path`), then test the best checkpoint (the last, without validation) on the
+    official test set; returns the final metrics."""
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -143,9 +153,11 @@ def train(cfg: DictConfig) -> dict:
 def print_summary(metrics: dict, run_dir: Path) -> None:
     logs = Path("logs").resolve()
     logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
-    print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, "
-          f"best val accuracy {metrics['val/acc_best']:.4f}, {metrics['epochs']} epochs, "
-          f"{metrics['seconds_per_epoch']:.1f} s per epoch with validation)")
+    validated = not math.isnan(metrics["val/acc_best"])
+    validation = f"best val accuracy {metrics['val/acc_best']:.4f}" if validated else "no validation split"
+    print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, {validation}, "
+          f"{metrics['epochs']} epochs, {metrics['seconds_per_epoch']:.1f} s per epoch"
+          f"{' with validation' if validated else ''})")
     print(f"run folder    {run_dir}")
     print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
     print(f"tensorboard   tensorboard --logdir {logdir}")

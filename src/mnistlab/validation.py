@@ -44,7 +44,8 @@ RULES = {
     "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
     "data.batch_size": (integer(1), "an integer >= 1"),
     "data.eval_batch_size": (integer(1), "an integer >= 1"),
-    "data.val_size": (integer(1), "an integer >= 1, below the training set's size"),
+    "data.val_size": (integer(0), "an integer >= 0 (0: no validation, every training image trains), below "
+                      "the training set's size"),
     "data.image_size": (integer(1), "an integer >= 1"),
     "data.num_classes": (integer(2), "an integer >= 2"),
     "data.mean": (number(), "a number"),
