@@ -83,9 +83,14 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
     assert expected.format(empty=empty) in stderr
 
 
-def test_a_run_too_short_to_time_is_one_line(synthetic_root):
-    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--val-size", "100",
-                           "--variants", "a", "trainer.max_epochs=1")
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--val-size", "100", "trainer.max_epochs=1"],
+     "error: trainer.max_epochs=1: the benchmark times epoch 2 of a run, so it must be >= 2\n"),
+    (["data.val_size=0"],  # a training run may skip validation; the benchmark's runs do not
+     "error: data.val_size=0 must be between 1 and 399 here: the benchmark times epochs with validation "
+     "(--val-size N sets it)\n"),
+])
+def test_a_run_the_benchmark_cannot_time_is_one_line(synthetic_root, args, expected):
+    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--variants", "a", *args)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr == ("error: trainer.max_epochs=1: the benchmark times epoch 2 of a run, so it must be "
-                             ">= 2\n")
+    assert result.stderr == expected

@@ -372,7 +372,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     base = compose_config(folder, args.val_size, device, folder / "runs", args.overrides)  # a, as users run it
     val_size = base.data.val_size
     if not 0 < val_size < n_train:
-        raise ConfigError(f"--val-size={val_size} must be below the {n_train} training images")
+        raise ConfigError(f"data.val_size={val_size} must be between 1 and {n_train - 1} here: the benchmark "
+                          "times epochs with validation (--val-size N sets it)")
     datamodule = instantiate(base.data)
     datamodule.setup()  # mnistlab's own checks of the files, and the splits b trains on
     splits = datamodule.splits["train"], datamodule.splits["val"]
