@@ -176,10 +176,11 @@ def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
 @pytest.mark.parametrize("val_size", [200, 0])  # 0: checkpoints follow the training epoch, not a validation
 def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, val_size):
     run_dir = tmp_path / "run"
-    # A step schedule that multiplies the lr by 1e8 after the first epoch: the second epoch diverges.
+    # A step schedule that multiplies the lr by 1e8 after the first epoch: the second epoch diverges. Logging
+    # every 50 steps leaves the catch to the epoch's end (before validation, or before the checkpoint without it).
     result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=3",
                        "scheduler=step", "scheduler.step_epochs=1", "scheduler.gamma=1e8", "callbacks=minimal",
-                       "trainer.precision=32-true", f"data.val_size={val_size}")
+                       "trainer.precision=32-true", f"data.val_size={val_size}", "trainer.log_every_n_steps=50")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -188,8 +189,9 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint
     step = int(line.split(" at step ")[1].split()[0])
     saved = torch.load(last, weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] <= step  # from before the divergence
+    # The network's weights (the never-updated val_acc_best of a run without validation is -inf by design).
     weights = [t for name, t in saved["state_dict"].items() if name.startswith("net.")]
-    assert len(weights) == 8 and all(torch.isfinite(t).all() for t in weights)
+    assert weights and all(torch.isfinite(t).all() for t in weights)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -83,6 +82,17 @@ def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root
         assert 0.005 <= config["optimizer"]["lr"] <= 0.3 and config["data"]["batch_size"] in (32, 64, 128, 256)
 
 
+def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_path, synthetic_root):
+    sweep = tmp_path / "optuna"
+    result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", f"data.root={synthetic_root}",
+                       f"hydra.sweep.dir={sweep}", *QUICK, "data.val_size=0")
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert failure["error"] == ("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises "
+                                "val/acc_best): keep a validation split for the search, and use val_size=0 for "
+                                "the final fit")
+    assert not (sweep / "0" / "checkpoints").exists(), result.stderr[-3000:]  # refused before training
+
+
 def test_the_ablation_script_runs_each_experiment_over_seeds_and_reports(tmp_path, synthetic_root):
     sweep = tmp_path / "ablation"
     result = subprocess.run([sys.executable, "scripts/ablation.py", "--seeds", "2", "--experiments", "baseline,bn",
@@ -128,10 +138,10 @@ def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
 
 
 def test_report_leaves_best_val_blank_for_runs_without_validation(tmp_path):
-    # data.val_size=0 runs write val/acc_best as nan (json's NaN): no validation, not a score of nan.
+    # data.val_size=0 runs write val/acc_best as null: no validation.
     for seed, acc in enumerate([0.93, 0.95]):
         fake_job(tmp_path, seed, ["data.val_size=0", f"seed={seed}"],
-                 {"test/acc": acc, "val/acc_best": math.nan, "test/loss": 0.2, "seconds_per_epoch": 5.0})
+                 {"test/acc": acc, "val/acc_best": None, "test/loss": 0.2, "seconds_per_epoch": 5.0})
     keys, table = rows(collect(tmp_path))
     assert table[0]["val/acc_best"] is None and table[0]["test/acc"][0] == pytest.approx(94.0)
     row = "| all | 2 | 0 | 94.00 ± 1.41 | - | 0.200 ± 0.000 | 5.00 ± 0.00 |"

@@ -313,7 +313,7 @@ class EmbeddingProjector(pl.Callback):
 def log_hparams(trainer: pl.Trainer, config: dict, metrics: dict) -> None:
     """The HPARAMS tab: the resolved config (flattened, e.g. `tricks.mixup_alpha`) with the final metrics, so a
     sweep's runs line up side by side. Written once the run is over, when the metrics exist."""
-    final = {key: metrics[key] for key in FINAL_METRICS if not math.isnan(metrics[key])}  # nan: no validation
+    final = {key: metrics[key] for key in FINAL_METRICS if metrics[key] is not None}  # None: no validation
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(flatten(config), metrics=final, step=trainer.global_step)

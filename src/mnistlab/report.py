@@ -8,7 +8,6 @@ written as Markdown, CSV and a PNG bar chart of test accuracy; failed jobs are l
 import argparse
 import csv
 import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -95,8 +94,8 @@ def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
         finished = [job.metrics for job in members if job.metrics is not None]
         row = dict(zip(keys, values, strict=True), runs=len(finished), failed=len(members) - len(finished))
         for metric, _, scale in METRICS:
-            # val/acc_best is nan for a run without a validation split (data.val_size=0)
-            numbers = [scale * m[metric] for m in finished if not math.isnan(m.get(metric, math.nan))]
+            # val/acc_best is null for a run without a validation split (data.val_size=0)
+            numbers = [scale * m[metric] for m in finished if m.get(metric) is not None]
             row[metric] = summarise(numbers) if numbers else None
         table.append(row)
     return keys, table

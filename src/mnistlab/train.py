@@ -2,7 +2,6 @@
 
 import json
 import logging
-import math
 import signal
 import sys
 import time
@@ -88,10 +87,11 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
 
 def checkpoint_without_validation(callback: DictConfig, val_size: int | None) -> dict:
     """With no validation split there is no val/acc to rank checkpoints by: the checkpoint kept (and tested) is
-    the last epoch's. The overrides for that callback, none for any other."""
+    the last epoch's, saved at each epoch's end (Lightning would wait for a validation under
+    trainer.check_val_every_n_epoch > 1). The overrides for that callback, none for any other."""
     if val_size != 0 or not issubclass(get_object(callback._target_), pl.callbacks.ModelCheckpoint):
         return {}
-    return {"monitor": None}
+    return {"monitor": None, "save_on_train_epoch_end": True}
 
 
 def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
@@ -125,7 +125,8 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
-    val_acc_best = float(trainer.callback_metrics.get("val/acc_best", float("nan")))
+    validated = "val/acc_best" in trainer.callback_metrics
+    val_acc_best = float(trainer.callback_metrics["val/acc_best"]) if validated else None  # None: data.val_size=0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         # The checkpoint holds the weights that were validated: under EMA/SWA, the averaged ones. (Lightning's
@@ -153,7 +154,7 @@ def train(cfg: DictConfig) -> dict:
 def print_summary(metrics: dict, run_dir: Path) -> None:
     logs = Path("logs").resolve()
     logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
-    validated = not math.isnan(metrics["val/acc_best"])
+    validated = metrics["val/acc_best"] is not None
     validation = f"best val accuracy {metrics['val/acc_best']:.4f}" if validated else "no validation split"
     print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, {validation}, "
           f"{metrics['epochs']} epochs, {metrics['seconds_per_epoch']:.1f} s per epoch"

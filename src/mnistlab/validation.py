@@ -5,6 +5,7 @@ range. Each problem is one line naming the key, the value and what is allowed.""
 import inspect
 import numbers
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -137,7 +138,15 @@ def check_config(cfg: DictConfig) -> None:
     for name, callback in (settings.get("callbacks") or {}).items():
         if isinstance(callback, dict) and "_target_" in callback:
             check_keys(f"callbacks.{name}", callback, callback["_target_"])
+    if (settings.get("data") or {}).get("val_size") == 0 and optuna_search():
+        raise ConfigError("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises val/acc_best): "
+                          "keep a validation split for the search, and use val_size=0 for the final fit")
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "
                           "must end before training does")
+
+
+def optuna_search() -> bool:
+    """Whether this run is a trial of an Optuna search (hparams_search=optuna, or hydra/sweeper=optuna)."""
+    return HydraConfig.initialized() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
