@@ -83,6 +83,35 @@ def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_wei
     assert len(metadata) == 16  # the embedding, of training images
 
 
+def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthetic_root):
+    """Lightning's SWA adds the weights to its average at the start of each epoch from swa_epoch_start - 1 on
+    (here, the weights after epochs 0, 1 and 2) and puts the average into the model only when training ends:
+    that is what is tested."""
+    run_dir = tmp_path / "run"
+    result = run_train("+experiment=baseline", "callbacks=swa", f"data.root={synthetic_root}",
+                       f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=4", "callbacks.swa.swa_epoch_start=2",
+                       "callbacks.model_checkpoint.save_top_k=-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    swa = run_dir / "checkpoints" / "swa.ckpt"
+    assert metrics["best_checkpoint"] == str(swa)
+
+    def weights(name: str) -> dict:
+        state = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)["state_dict"]
+        return {key: value for key, value in state.items() if key.startswith("net.")}
+
+    averaged, epochs = weights("swa.ckpt"), [weights(f"epoch{epoch:03d}.ckpt") for epoch in range(3)]
+    for key, value in averaged.items():
+        torch.testing.assert_close(value, sum(epoch[key] for epoch in epochs) / 3)
+
+    module = load_classifier(swa, "ckpt_path").eval()
+    data = load_datamodule(swa, {})
+    data.setup("test")
+    with torch.no_grad():
+        correct = sum(int((module(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
+    assert correct / 300 == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
 def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
     empty = tmp_path / "empty"
     result = run_train(f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}")

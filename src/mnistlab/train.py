@@ -128,8 +128,13 @@ def train(cfg: DictConfig) -> dict:
     validated = "val/acc_best" in trainer.callback_metrics
     val_acc_best = float(trainer.callback_metrics["val/acc_best"]) if validated else None  # None: data.val_size=0
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        # The checkpoint holds the weights that were validated: under EMA/SWA, the averaged ones. (Lightning's
+    if any(isinstance(c, pl.callbacks.StochasticWeightAveraging) for c in trainer.callbacks):
+        # Lightning's SWA puts the average into the model when training ends (BatchNorm statistics recomputed),
+        # and into no checkpoint: that average is what is tested, and saved as swa.ckpt.
+        best = str(run_dir / "checkpoints" / "swa.ckpt")
+        trainer.save_checkpoint(best)
+    elif best:
+        # The checkpoint holds the weights that were validated: under EMA, the averaged ones. (Lightning's
         # ckpt_path="best" would restore the raw weights while a weight-averaging callback is attached.)
         module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
     trainer.test(module, datamodule=datamodule)
