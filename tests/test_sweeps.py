@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -139,9 +140,9 @@ def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
 
 def test_report_leaves_best_val_blank_for_runs_without_validation(tmp_path):
     # data.val_size=0 runs write val/acc_best as null: no validation.
-    for seed, acc in enumerate([0.93, 0.95]):
+    for seed, (acc, unvalidated) in enumerate([(0.93, None), (0.95, math.nan)]):  # NaN: as commit 95ad315 wrote it
         fake_job(tmp_path, seed, ["data.val_size=0", f"seed={seed}"],
-                 {"test/acc": acc, "val/acc_best": None, "test/loss": 0.2, "seconds_per_epoch": 5.0})
+                 {"test/acc": acc, "val/acc_best": unvalidated, "test/loss": 0.2, "seconds_per_epoch": 5.0})
     keys, table = rows(collect(tmp_path))
     assert table[0]["val/acc_best"] is None and table[0]["test/acc"][0] == pytest.approx(94.0)
     row = "| all | 2 | 0 | 94.00 ± 1.41 | - | 0.200 ± 0.000 | 5.00 ± 0.00 |"

@@ -8,6 +8,7 @@ written as Markdown, CSV and a PNG bar chart of test accuracy; failed jobs are l
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -94,8 +95,9 @@ def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
         finished = [job.metrics for job in members if job.metrics is not None]
         row = dict(zip(keys, values, strict=True), runs=len(finished), failed=len(members) - len(finished))
         for metric, _, scale in METRICS:
-            # val/acc_best is null for a run without a validation split (data.val_size=0)
-            numbers = [scale * m[metric] for m in finished if m.get(metric) is not None]
+            # val/acc_best is null (NaN from commit 95ad315) for a run without a validation split (data.val_size=0)
+            numbers = [scale * m[metric] for m in finished
+                       if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
             row[metric] = summarise(numbers) if numbers else None
         table.append(row)
     return keys, table
