@@ -46,6 +46,16 @@ def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, syn
     assert max(e.value for e in events.Scalars("val/acc")) == metrics["val/acc_best"]
 
 
+def checkpoint_test_accuracy(checkpoint: Path) -> float:
+    """A checkpoint's accuracy on its own test set, computed here in fp32, apart from the run that saved it."""
+    module = load_classifier(checkpoint, "ckpt_path").eval()
+    data = load_datamodule(checkpoint, {})
+    data.setup("test")
+    with torch.no_grad():
+        correct = sum(int((module(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
+    return correct / len(data.splits["test"][1])
+
+
 def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_weights(tmp_path, synthetic_root):
     """The final fit once a recipe is chosen: no validation, the last epoch's checkpoint (the EMA weights) is the
     one tested, and the views that need no validation split still run."""
@@ -67,12 +77,7 @@ def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_wei
     assert checkpoint["datamodule_hyper_parameters"]["val_size"] == 0
 
     # The tested weights are that checkpoint's: its test accuracy, recomputed here, is the one reported.
-    module = load_classifier(last_epoch, "ckpt_path").eval()
-    data = load_datamodule(last_epoch, {})
-    data.setup("test")
-    with torch.no_grad():
-        correct = sum(int((module(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
-    assert correct / 300 == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert checkpoint_test_accuracy(last_epoch) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
@@ -104,12 +109,7 @@ def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthet
     for key, value in averaged.items():
         torch.testing.assert_close(value, sum(epoch[key] for epoch in epochs) / 3)
 
-    module = load_classifier(swa, "ckpt_path").eval()
-    data = load_datamodule(swa, {})
-    data.setup("test")
-    with torch.no_grad():
-        correct = sum(int((module(x).argmax(1) == y).sum()) for x, y in data.test_dataloader())
-    assert correct / 300 == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert checkpoint_test_accuracy(swa) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
 def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
