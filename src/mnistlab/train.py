@@ -131,7 +131,8 @@ def train(cfg: DictConfig) -> dict:
     if any(isinstance(c, pl.callbacks.StochasticWeightAveraging) for c in trainer.callbacks):
         # Lightning's SWA puts the average into the model when training ends (BatchNorm statistics recomputed),
         # and into no checkpoint: that average is what is tested, and saved as swa.ckpt.
-        best = str(run_dir / "checkpoints" / "swa.ckpt")
+        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else run_dir / "checkpoints"
+        best = str(folder / "swa.ckpt")  # beside the run's other checkpoints, wherever dirpath puts them
         trainer.save_checkpoint(best)
     elif best:
         # The checkpoint holds the weights that were validated: under EMA, the averaged ones. (Lightning's
