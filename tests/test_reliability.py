@@ -46,6 +46,7 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
     (["trainer.precision=bf16-true"], "trainer.precision='bf16-true' must be one of 32-true, 32, bf16-mixed, "
                                       "16-mixed (bf16-true, 16-true and 64-true runs are not supported)"),
     (["model.downsample=avg"], "model.downsample='avg' must be one of pool, stride"),
+    (["model.dropout=1"], "model.dropout=1 must be in [0, 1)"),
     (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
     (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
     (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.module.Classifier takes "),

@@ -220,6 +220,23 @@ def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
+    torch.manual_seed(0)
+    net, plain = SeedNet(dropout=0.5), SeedNet()
+    plain.load_state_dict(net.state_dict())  # no parameters of its own: the same checkpoint keys
+    x = torch.randn(256, 1, 28, 28)
+    seen = {}
+    net.fc2.register_forward_hook(lambda module, inputs, output: seen.update(hidden=inputs[0]))
+    hidden = F.relu(net.fc1(net.features(x)))
+    net(x)
+    dropped = seen["hidden"] == 0
+    assert 0.45 < (dropped & (hidden > 0)).sum() / (hidden > 0).sum() < 0.55
+    kept = ~dropped
+    assert torch.allclose(seen["hidden"][kept], 2 * hidden[kept])  # survivors scaled by 1 / (1 - p)
+    net.eval(), plain.eval()
+    assert torch.equal(net(x), plain(x))
+
+
 def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
     with pytest.raises(ConfigError, match="the conv stack leaves nothing of a 28x28 image"):
         SeedNet(kernel_size=7, dilation=3)

@@ -19,11 +19,14 @@ class SeedNet(nn.Module):
     - batch_norm: conv1, conv2 and fc1 lose their bias and are each followed by BatchNorm, which has its own.
     - downsample="stride": each conv strides by 2 instead of being followed by a 2x2 max-pool; on 28x28
       inputs both give the seed's 24->12 and 8->4 shapes, with different values.
+    - dropout: zeroes that share of fc1's outputs while training (Srivastava et al.), a regulariser aimed at
+      fc1, which holds most of the weights; no parameters, so checkpoints load either way.
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  conv_channels: tuple[int, int] = (20, 50), kernel_size: int = 5, hidden: int = 500,
-                 batch_norm: bool = False, downsample: str = "pool", dilation: int = 1):
+                 batch_norm: bool = False, downsample: str = "pool", dilation: int = 1,
+                 dropout: float = 0.0):
         super().__init__()
         if downsample not in DOWNSAMPLING:
             raise ConfigError(f"model.downsample={downsample!r} must be one of {', '.join(DOWNSAMPLING)}")
@@ -39,6 +42,7 @@ class SeedNet(nn.Module):
         features = self._measure_features(in_channels, image_size)
         self.fc1 = nn.Linear(features, hidden, bias=not batch_norm)
         self.bn3 = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def _measure_features(self, in_channels: int, image_size: int) -> int:
@@ -64,4 +68,4 @@ class SeedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn3(self.fc1(self.features(x))))
-        return self.fc2(x)
+        return self.fc2(self.dropout(x))

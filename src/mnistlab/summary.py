@@ -59,7 +59,7 @@ def layer_table(net: nn.Module, batch_size: int) -> tuple[list[tuple], int, int]
         if node.op == "call_module":
             module = graph.get_submodule(node.target)
             if isinstance(module, nn.Identity):
-                continue  # a switched-off BatchNorm
+                continue  # a switched-off BatchNorm or dropout
             name, formula, params, macs_per_output = describe(module)
             macs = macs_per_output * (torch.Size(shape).numel() // batch_size)
             # A module called twice (the shared max-pool) owns its parameters once.

@@ -56,6 +56,7 @@ RULES = {
     "model.hidden": (integer(1), "an integer >= 1"),
     "model.batch_norm": (one_of(True, False), "true or false"),
     "model.downsample": (one_of("pool", "stride"), "one of pool, stride"),
+    "model.dropout": (number(0, 1, high_open=True), "in [0, 1)"),
     "optimizer.lr": (number(0, low_open=True), "> 0"),
     "optimizer.weight_decay": (number(0), ">= 0"),
     "optimizer.momentum": (number(0, 1, high_open=True), "in [0, 1)"),
