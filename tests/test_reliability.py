@@ -47,6 +47,10 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
                                       "16-mixed (bf16-true, 16-true and 64-true runs are not supported)"),
     (["model.downsample=avg"], "model.downsample='avg' must be one of pool, stride"),
     (["model.dropout=1"], "model.dropout=1 must be in [0, 1)"),
+    (["tricks.distill_teacher=nope.ckpt"], "tricks.distill_teacher=nope.ckpt: no such checkpoint file"),
+    ([f"tricks.distill_teacher=[{REPO / 'train.py'},nope.ckpt]"],  # each of an ensemble's files is checked
+     "tricks.distill_teacher=nope.ckpt: no such checkpoint file"),
+    (["tricks.init_from=nope.ckpt"], "tricks.init_from=nope.ckpt: no such checkpoint file"),
     (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
     (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
     (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.module.Classifier takes "),

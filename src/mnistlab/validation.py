@@ -10,6 +10,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import ConfigError
+from mnistlab.tricks import existing_checkpoint
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
@@ -142,6 +143,12 @@ def check_config(cfg: DictConfig) -> None:
     if (settings.get("data") or {}).get("val_size") == 0 and optuna_search():
         raise ConfigError("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises val/acc_best): "
                           "keep a validation split for the search, and use val_size=0 for the final fit")
+    tricks = settings.get("tricks") or {}
+    teachers = tricks.get("distill_teacher") or []
+    for path in [teachers] if isinstance(teachers, str) else teachers:
+        existing_checkpoint(path, "tricks.distill_teacher")
+    if tricks.get("init_from"):
+        existing_checkpoint(tricks["init_from"], "tricks.init_from")
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "
