@@ -271,7 +271,7 @@ def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Mod
     """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation; from a list of
     checkpoints, their ensemble (the networks may differ in size)."""
     nets = []
-    for checkpoint in [checkpoints] if isinstance(checkpoints, str) else checkpoints:
+    for checkpoint in tricks.teacher_checkpoints(checkpoints):
         net = load_classifier(checkpoint, "tricks.distill_teacher").net
         if net.fc2.out_features != num_classes:
             raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.fc2.out_features} "

@@ -77,6 +77,11 @@ class Ensemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(0)
 
 
+def teacher_checkpoints(distill_teacher: str | list[str] | None) -> list[str]:
+    """tricks.distill_teacher as a list: one checkpoint, or the members of an ensemble."""
+    return [distill_teacher] if isinstance(distill_teacher, str) else list(distill_teacher or [])
+
+
 def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
     """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
     if not isinstance(checkpoint, str | Path):

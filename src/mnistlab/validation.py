@@ -10,7 +10,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import ConfigError
-from mnistlab.tricks import existing_checkpoint
+from mnistlab.tricks import existing_checkpoint, teacher_checkpoints
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
@@ -144,8 +144,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises val/acc_best): "
                           "keep a validation split for the search, and use val_size=0 for the final fit")
     tricks = settings.get("tricks") or {}
-    teachers = tricks.get("distill_teacher") or []
-    for path in [teachers] if isinstance(teachers, str) else teachers:
+    for path in teacher_checkpoints(tricks.get("distill_teacher")):
         existing_checkpoint(path, "tricks.distill_teacher")
     if tricks.get("init_from"):
         existing_checkpoint(tricks["init_from"], "tricks.init_from")
