@@ -171,13 +171,13 @@ class DeviceBatches:
 
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST, Fashion-MNIST or KMNIST: official test set as test, the last `val_size` training images as
-    validation (the same slice whatever the seed; 0: none, every image trains), everything moved once to the
-    device."""
+    validation (the same slice whatever the seed; 0: none, every image trains), the first `train_size` of the
+    rest (None: all of them) as training, everything moved once to the device."""
 
     def __init__(self, name: str = "mnist", root: str = "data", download: bool = True, val_size: int = 5000,
-                 batch_size: int = 128, eval_batch_size: int = 1000, mean: float = 0.1307, std: float = 0.3081,
-                 image_size: int = 28, in_channels: int = 1, num_classes: int = 10,
-                 augment: dict | None = None, seed: int = 0):
+                 train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
+                 mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
+                 num_classes: int = 10, augment: dict | None = None, seed: int = 0):
         super().__init__()
         augment = dict(augment) if augment else None  # a plain dict (not Hydra's DictConfig) in the checkpoint
         # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
@@ -186,7 +186,8 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.name={name!r} is not a known dataset; choose one of "
                               f"{', '.join(sorted(TORCHVISION_DATASETS))}")
         self.name, self.root, self.allow_download = name, Path(root).expanduser(), download
-        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
+        self.val_size, self.train_size = val_size, train_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mean, self.std, self.image_size, self.num_classes = mean, std, image_size, num_classes
         self.augment = build_augment(**augment) if augment else None
         self.seed = seed
@@ -216,7 +217,12 @@ class MNISTDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.val_size={self.val_size} must be between 0 and {len(images) - 1}: the "
                                   f"training split ({files[SPLIT_FILES['train'][0]]}) holds {len(images)} images")
             cut = len(images) - self.val_size
-            splits["train"] = images[:cut], labels[:cut]
+            if self.train_size is not None and not 1 <= self.train_size <= cut:
+                raise ConfigError(f"data.train_size={self.train_size} must be between 1 and {cut}: that many "
+                                  f"training images remain after the validation slice (data.val_size="
+                                  f"{self.val_size}) of {files[SPLIT_FILES['train'][0]]}")
+            train = cut if self.train_size is None else self.train_size
+            splits["train"] = images[:train], labels[:train]
             if self.val_size:
                 splits["val"] = images[cut:], labels[cut:]
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

@@ -15,3 +15,7 @@ class ConfigError(MnistlabError):
 
 class NonFiniteLossError(MnistlabError):
     """The training loss became nan or inf: the run diverged."""
+
+
+class NotLearningError(MnistlabError):
+    """The training loss stayed at chance level: the network answers every image alike."""

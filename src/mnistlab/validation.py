@@ -48,6 +48,8 @@ RULES = {
     "data.eval_batch_size": (integer(1), "an integer >= 1"),
     "data.val_size": (integer(0), "an integer >= 0 (0: no validation, every training image trains), below "
                       "the training set's size"),
+    "data.train_size": (lambda value: value is None or integer(1)(value),
+                        "null (every training image) or an integer >= 1, at most what data.val_size leaves"),
     "data.image_size": (integer(1), "an integer >= 1"),
     "data.num_classes": (integer(2), "an integer >= 2"),
     "data.mean": (number(), "a number"),
