@@ -5,8 +5,8 @@ from warmup_start_factor * lr to lr over warmup_epochs, then the schedule runs o
 With warmup_epochs=0 there is no warmup wrapper at all.
 
 An epoch is a poor unit for warmup on small data: half an epoch is 107 steps on Fashion-MNIST at batch 256, but
-18 on 9,000 images, too few to bring an unnormalised network to lr 0.15 without killing its ReLUs. So a warmup
-lasts at least warmup_min_steps steps, or a quarter of the run when that is shorter.
+18 on 9,000 images, too few to bring an unnormalised network up to a high lr without killing its ReLUs. So a
+warmup lasts at least warmup_min_steps steps, or a quarter of the run when that is shorter.
 """
 
 from torch.optim import Optimizer
