@@ -15,7 +15,7 @@ from torchvision.utils import save_image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mnistlab.errors import MnistlabError
-from mnistlab.inspection import feature_map_grids, filter_grids
+from mnistlab.inspection import backbone_convolutions, feature_map_grids, filter_grids
 from mnistlab.module import load_classifier, load_datamodule
 
 
@@ -37,9 +37,10 @@ def main() -> None:
     except MnistlabError as err:
         sys.exit(f"error: {err}")
     args.out.mkdir(parents=True, exist_ok=True)
-    layers = ("conv1", "conv2")
-    pictures = {f"filters_{name}": grid for name, grid in filter_grids(net, layers, args.zoom).items()}
-    pictures |= {f"feature_maps_{name}": grid
+    layers = backbone_convolutions(net)
+    pictures = {f"filters_{name.replace('.', '_')}": grid
+                for name, grid in filter_grids(net, layers, args.zoom).items()}
+    pictures |= {f"feature_maps_{name.replace('.', '_')}": grid
                  for name, grid in feature_map_grids(net, images, layers, max(1, args.zoom // 2)).items()}
     for stem, grid in pictures.items():
         path = args.out / f"{stem}.png"

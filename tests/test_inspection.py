@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnistlab.inspection import (
     ValidationAnalysis,
+    backbone_convolutions,
     due,
     feature_map_grids,
     filter_grids,
@@ -69,15 +70,15 @@ def test_scalars_cover_every_stage_calibration_and_each_class(inspected_run):
 def test_filter_and_feature_map_images_have_the_sizes_the_layers_imply(inspected_run):
     _, events = inspected_run
     images = set(events.Tags()["images"])
-    assert {"filters/conv1", "filters/conv2", "feature_maps/input", "feature_maps/conv1", "feature_maps/conv2",
-            "val/confusion_matrix", "val/mistakes", "train/first_batch"} <= images
-    conv1 = events.Images("filters/conv1")[-1]
+    assert {"filters/backbone.conv1", "filters/backbone.conv2", "feature_maps/input", "feature_maps/backbone.conv1",
+            "feature_maps/backbone.conv2", "val/confusion_matrix", "val/mistakes", "train/first_batch"} <= images
+    conv1 = events.Images("filters/backbone.conv1")[-1]
     # 20 filters of 5x5, ten a row, each weight 4x4 pixels (zoom 4): 2 rows of 10 tiles of 20 pixels.
     assert (conv1.height, conv1.width) == grid_size(tiles=20, per_row=10, tile=5 * 4)
-    conv2 = events.Images("filters/conv2")[-1]
+    conv2 = events.Images("filters/backbone.conv2")[-1]
     # 50 filters of 20 input channels: one row per filter, one 5x5 tile per input channel.
     assert (conv2.height, conv2.width) == grid_size(tiles=50 * 20, per_row=20, tile=5 * 4)
-    maps = events.Images("feature_maps/conv1")[-1]
+    maps = events.Images("feature_maps/backbone.conv1")[-1]
     # 4 images x 20 channels of conv1's 24x24 output, zoom 2.
     assert (maps.height, maps.width) == grid_size(tiles=4 * 20, per_row=20, tile=24 * 2)
     batch = events.Images("train/first_batch")[0]
@@ -166,7 +167,7 @@ def test_tensorboard_serves_the_run_over_http(inspected_run):
             assert time.monotonic() < deadline, "tensorboard did not serve the run within 60 s"
             time.sleep(0.5)
         assert {"test/acc", "val/acc", "val/ece"} <= set(tags["run/tensorboard"])
-        assert "filters/conv1" in get("/data/plugin/images/tags")["run/tensorboard"]
+        assert "filters/backbone.conv1" in get("/data/plugin/images/tags")["run/tensorboard"]
         experiment = get("/data/plugin/hparams/experiment", json.dumps({"experimentName": ""}).encode())
         assert {"optimizer.lr", "tricks.mixup_alpha"} <= {h["name"] for h in experiment["hparamInfos"]}
         assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {"test/acc", "test/loss", "val/acc_best"}
@@ -177,11 +178,12 @@ def test_tensorboard_serves_the_run_over_http(inspected_run):
 
 def test_grids_follow_the_network_shape():
     net = SeedNet(kernel_size=3, conv_channels=(8, 16))
-    grids = filter_grids(net, ("conv1", "conv2"), zoom=1)
-    assert tuple(grids["conv1"].shape) == (3, *grid_size(tiles=8, per_row=10, tile=3))
-    assert tuple(grids["conv2"].shape) == (3, *grid_size(tiles=16 * 8, per_row=8, tile=3))
-    maps = feature_map_grids(net, torch.randn(2, 1, 28, 28), ("conv1",), zoom=1)
-    assert tuple(maps["conv1"].shape) == (3, *grid_size(tiles=2 * 8, per_row=8, tile=26))
+    assert backbone_convolutions(net) == ["backbone.conv1", "backbone.conv2"]
+    grids = filter_grids(net, backbone_convolutions(net), zoom=1)
+    assert tuple(grids["backbone.conv1"].shape) == (3, *grid_size(tiles=8, per_row=10, tile=3))
+    assert tuple(grids["backbone.conv2"].shape) == (3, *grid_size(tiles=16 * 8, per_row=8, tile=3))
+    maps = feature_map_grids(net, torch.randn(2, 1, 28, 28), ("backbone.conv1",), zoom=1)
+    assert tuple(maps["backbone.conv1"].shape) == (3, *grid_size(tiles=2 * 8, per_row=8, tile=26))
     assert tuple(maps["input"].shape) == (3, *grid_size(tiles=2, per_row=2, tile=28))
     assert net.training  # drawing feature maps leaves the network as it found it
 
@@ -228,13 +230,13 @@ def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_
     result = subprocess.run([sys.executable, "scripts/plot_filters.py", str(run_dir / "checkpoints" / "last.ckpt"),
                              "--out", str(out), "--zoom", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    with Image.open(out / "filters_conv1.png") as png:
+    with Image.open(out / "filters_backbone_conv1.png") as png:
         assert (png.height, png.width) == grid_size(tiles=20, per_row=10, tile=5 * 4)
-    with Image.open(out / "feature_maps_conv2.png") as png:  # the run's own first 4 validation images
+    with Image.open(out / "feature_maps_backbone_conv2.png") as png:  # the run's own first 4 validation images
         assert (png.height, png.width) == grid_size(tiles=4 * 50, per_row=50, tile=8 * 2)
-    assert {p.name for p in out.iterdir()} == {f"{kind}_{layer}.png" for kind, layer in
-                                               [("filters", "conv1"), ("filters", "conv2"), ("feature_maps", "input"),
-                                                ("feature_maps", "conv1"), ("feature_maps", "conv2")]}
+    assert {p.name for p in out.iterdir()} == {f"{kind}_{layer}.png" for kind, layer in [
+        ("filters", "backbone_conv1"), ("filters", "backbone_conv2"), ("feature_maps", "input"),
+        ("feature_maps", "backbone_conv1"), ("feature_maps", "backbone_conv2")]}
 
     missing = subprocess.run([sys.executable, "scripts/plot_filters.py", str(tmp_path / "nope.ckpt")], cwd=REPO,
                              capture_output=True, text=True, timeout=120)

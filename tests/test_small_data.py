@@ -72,7 +72,7 @@ class RecordWeights(Callback):
         self.after_step = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after_step.append(pl_module.net.fc2.weight.detach().clone())
+        self.after_step.append(pl_module.net.head.fc2.weight.detach().clone())
 
 
 def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
@@ -88,8 +88,8 @@ def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
         decay = min(0.95, (1 + t) / (4 + t))
         average = decay * average + (1 - decay) * weights
     assert len(record.after_step) == 8
-    assert torch.allclose(module.net.fc2.weight, average, atol=1e-6)  # training ends on the averaged weights
-    assert not torch.allclose(module.net.fc2.weight, record.after_step[-1])
+    assert torch.allclose(module.net.head.fc2.weight, average, atol=1e-6)  # training ends on the averaged weights
+    assert not torch.allclose(module.net.head.fc2.weight, record.after_step[-1])
 
 
 @pytest.mark.parametrize(("setting", "says"), [

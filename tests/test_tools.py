@@ -54,7 +54,7 @@ def trained(tmp_path_factory, synthetic_root):
 def table_rows(stdout: str) -> dict[str, list[str]]:
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
-    return {line[:6].strip() or line.split()[0]: line for line in lines[header + 1 :] if line.strip()}
+    return {line.split()[0]: line for line in lines[header + 1 :] if line.strip()}
 
 
 def test_inspect_walks_the_seed_shapes_with_parameter_formulas():
@@ -66,9 +66,9 @@ def test_inspect_walks_the_seed_shapes_with_parameter_formulas():
                       "64, 50, 8, 8", "64, 50, 4, 4", "64, 800", "64, 500", "64, 500", "64, 10"]
     rows = table_rows(result.stdout)
     net = SeedNet()
-    conv1 = net.conv1.weight
-    assert f"{conv1.shape[0]} x {conv1.shape[1]} x 5 x 5 + {conv1.shape[0]}" in rows["conv1"]
-    assert f"{net.conv1.weight.numel() + net.conv1.bias.numel():,}" in rows["conv1"]
+    conv1 = net.backbone.conv1.weight
+    assert f"{conv1.shape[0]} x {conv1.shape[1]} x 5 x 5 + {conv1.shape[0]}" in rows["backbone.conv1"]
+    assert f"{net.backbone.conv1.weight.numel() + net.backbone.conv1.bias.numel():,}" in rows["backbone.conv1"]
     assert f"{sum(p.numel() for p in net.parameters()):,}" in rows["total"]
 
 
@@ -88,9 +88,9 @@ def test_inspect_stride_and_pool_variants_have_the_same_shapes():
     stride, _, _ = layer_table(SeedNet(downsample="stride"), 4)
     # A stride-2 conv gives what conv + max-pool gives, and fc1's input is the same 800 features.
     pooled = [shape for _, name, shape, *_ in pool if name.startswith("MaxPool2d")]
-    strided = [shape for layer, _, shape, *_ in stride if layer.startswith("conv")]
+    strided = [shape for layer, _, shape, *_ in stride if layer.startswith("backbone.conv")]
     assert pooled == strided == [[4, 20, 12, 12], [4, 50, 4, 4]]
-    tail = [[shape for _, name, shape, *_ in rows if name == "flatten" or name.startswith("Linear")]
+    tail = [[shape for _, name, shape, *_ in rows if name == "Flatten" or name.startswith("Linear")]
             for rows in (pool, stride)]
     assert tail[0] == tail[1] == [[4, 800], [4, 500], [4, 10]]
 
@@ -99,8 +99,9 @@ def test_inspect_takes_train_overrides_and_rejects_bad_ones():
     result = tool("mnistlab-inspect", "model.downsample=stride", "model.batch_norm=true", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    assert "stride=2" in rows["conv1"] and "[8, 20, 12, 12]" in rows["conv1"] and "BatchNorm2d(20)" in rows["bn1"]
-    assert "500 x 800 " in rows["fc1"] and "+ 500" not in rows["fc1"]  # fc1 lost its bias to BatchNorm
+    assert "stride=2" in rows["backbone.conv1"] and "[8, 20, 12, 12]" in rows["backbone.conv1"]
+    assert "BatchNorm2d(20)" in rows["backbone.bn1"]
+    assert "500 x 800 " in rows["head.fc1"] and "+ 500" not in rows["head.fc1"]  # fc1 lost its bias to BatchNorm
     assert_one_line_error(tool("mnistlab-inspect", "model.downsample=avg"), "model.downsample='avg'", "pool, stride")
     assert_one_line_error(tool("mnistlab-inspect", "model.kernel_siz=3"), "model.kernel_siz")
 
@@ -210,7 +211,7 @@ def test_eval_bad_checkpoints_are_one_line(trained, tmp_path):
                           "no such checkpoint file")
     assert_one_line_error(tool("mnistlab-eval", f"ckpt_path={truncated}"), str(truncated), "corrupt")
     assert_one_line_error(tool("mnistlab-eval", f"ckpt_path={mismatched}"), str(mismatched),
-                          "do not fit the model config", "fc1.weight")
+                          "do not fit the model config", "head.fc1.weight")
     assert_one_line_error(tool("mnistlab-eval", f"ckpt_path={checkpoint}", "data.image_size=32"),
                           "takes 1x28x28 images", "1x32x32")
     assert_one_line_error(tool("mnistlab-eval", f"ckpt_path={checkpoint}", "data.rot=x"), "'data.rot'",

@@ -83,7 +83,8 @@ def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_wei
     tags = set(events.Tags()["scalars"])
     assert {"train/acc", "test/acc"} <= tags and not any(tag.startswith("val/") for tag in tags)
     assert len(events.Scalars("train/acc")) == 2
-    assert "filters/conv1" in events.Tags()["images"] and "feature_maps/conv1" not in events.Tags()["images"]
+    images = events.Tags()["images"]
+    assert "filters/backbone.conv1" in images and "feature_maps/backbone.conv1" not in images
     metadata = next((run_dir / "tensorboard").rglob("metadata.tsv")).read_text().splitlines()
     assert len(metadata) == 16  # the embedding, of training images
 
@@ -183,4 +184,4 @@ def test_compile_trains_the_compiled_network_and_saves_plain_checkpoints(tmp_pat
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.9, metrics
     state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    assert {"net.conv1.weight", "net.fc2.bias"} <= set(state) and not any("_orig_mod" in k for k in state)
+    assert {"net.backbone.conv1.weight", "net.head.fc2.bias"} <= set(state) and not any("_orig_mod" in k for k in state)

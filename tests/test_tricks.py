@@ -179,22 +179,25 @@ def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
     decay, no_decay = module.configure_optimizers().param_groups
     names = {id(p): n for n, p in module.net.named_parameters()}
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
-    assert sorted(names[id(p)] for p in decay["params"]) == ["conv1.weight", "conv2.weight", "fc1.weight",
-                                                              "fc2.weight"]
+    assert sorted(names[id(p)] for p in decay["params"]) == [
+        "backbone.conv1.weight", "backbone.conv2.weight", "head.fc1.weight", "head.fc2.weight"]
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
-        "bn1.bias", "bn1.weight", "bn2.bias", "bn2.weight", "bn3.bias", "bn3.weight", "fc2.bias"]
+        "backbone.bn1.bias", "backbone.bn1.weight", "backbone.bn2.bias", "backbone.bn2.weight", "head.bn3.bias",
+        "head.bn3.weight", "head.fc2.bias"]
     plain = Classifier(MODEL, SGD, {}).configure_optimizers().param_groups
     assert len(plain) == 1 and plain[0]["weight_decay"] == 5e-4 and len(plain[0]["params"]) == 8
 
 
 def test_batch_norm_variant_has_no_conv_bias_and_a_norm_after_each_layer():
     net = SeedNet(batch_norm=True)
-    assert net.conv1.bias is None and net.conv2.bias is None and net.fc1.bias is None
-    assert net.fc2.bias is not None  # the classifier keeps its bias: no BatchNorm follows it
-    assert [type(m).__name__ for m in (net.bn1, net.bn2, net.bn3)] == ["BatchNorm2d", "BatchNorm2d", "BatchNorm1d"]
-    assert net.fc1.in_features == 800
+    assert net.backbone.conv1.bias is None and net.backbone.conv2.bias is None and net.head.fc1.bias is None
+    assert net.head.fc2.bias is not None  # the classifier keeps its bias: no BatchNorm follows it
+    norms = (net.backbone.bn1, net.backbone.bn2, net.head.bn3)
+    assert [type(m).__name__ for m in norms] == ["BatchNorm2d", "BatchNorm2d", "BatchNorm1d"]
+    assert net.head.fc1.in_features == 800
     # The blank probe that sized fc1 left BatchNorm's statistics untouched.
-    assert torch.equal(net.bn1.running_mean, torch.zeros(20)) and torch.equal(net.bn1.running_var, torch.ones(20))
+    bn1 = net.backbone.bn1
+    assert torch.equal(bn1.running_mean, torch.zeros(20)) and torch.equal(bn1.running_var, torch.ones(20))
     assert net.training
 
 
@@ -203,11 +206,11 @@ def test_stride_and_pool_variants_give_the_same_shapes_and_different_values():
     pool, stride = SeedNet(downsample="pool"), SeedNet(downsample="stride")
     stride.load_state_dict(pool.state_dict())
     x = torch.randn(64, 1, 28, 28)
-    after_pool = F.max_pool2d(F.relu(pool.conv1(x)), 2)
-    after_stride = F.relu(stride.conv1(x))
+    after_pool = F.max_pool2d(F.relu(pool.backbone.conv1(x)), 2)
+    after_stride = F.relu(stride.backbone.conv1(x))
     assert after_pool.shape == after_stride.shape == (64, 20, 12, 12)
     assert not torch.allclose(after_pool, after_stride)
-    assert pool.features(x).shape == stride.features(x).shape == (64, 800)
+    assert pool.backbone(x).shape == stride.backbone(x).shape == (64, 50, 4, 4)
     assert stride(x).shape == (64, 10)
 
 
@@ -216,7 +219,7 @@ def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
     net = SeedNet(kernel_size=kernel, dilation=dilation)
     span = dilation * (kernel - 1) + 1  # the receptive field of one dilated kernel
     assert (((28 - span + 1) // 2) - span + 1) // 2 == side
-    assert net.fc1.in_features == 50 * side * side
+    assert net.head.fc1.in_features == 50 * side * side
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
@@ -226,8 +229,8 @@ def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
     plain.load_state_dict(net.state_dict())  # no parameters of its own: the same checkpoint keys
     x = torch.randn(256, 1, 28, 28)
     seen = {}
-    net.fc2.register_forward_hook(lambda module, inputs, output: seen.update(hidden=inputs[0]))
-    hidden = F.relu(net.fc1(net.features(x)))
+    net.head.fc2.register_forward_hook(lambda module, inputs, output: seen.update(hidden=inputs[0]))
+    hidden = F.relu(net.head.fc1(net.backbone(x).flatten(1)))
     net(x)
     dropped = seen["hidden"] == 0
     assert 0.45 < (dropped & (hidden > 0)).sum() / (hidden > 0).sum() < 0.55
@@ -245,8 +248,8 @@ def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
 def test_channels_last_puts_the_convolutions_in_nhwc():
     module = Classifier(MODEL, SGD, {}, channels_last=True)
     # conv2's weights, [50, 20, 5, 5]: with one input channel, conv1's are contiguous in both formats
-    assert module.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not Classifier(MODEL, SGD, {}, channels_last=False).net.conv2.weight.is_contiguous(
+    assert module.net.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not Classifier(MODEL, SGD, {}, channels_last=False).net.backbone.conv2.weight.is_contiguous(
         memory_format=torch.channels_last)
     assert module(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -287,7 +290,7 @@ def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_p
     hard = F.cross_entropy(logits, y)
     assert torch.allclose(loss, tricks.distillation_loss(logits, student.teacher(x), hard, 0.5, 4.0))
     saved = torch.load(save_checkpoint(student, tmp_path / "student.ckpt"), weights_only=True)["state_dict"]
-    assert not any("teacher" in name for name in saved) and "net.conv1.weight" in saved
+    assert not any("teacher" in name for name in saved) and "net.backbone.conv1.weight" in saved
 
 
 def test_a_missing_teacher_is_a_config_error(tmp_path):
@@ -306,7 +309,7 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
         expected = (members[0](x) + members[1](x)) / 2
         assert torch.allclose(student.teacher(x), expected, atol=1e-6)
     assert not student.teacher.training and not any(p.requires_grad for p in student.teacher.parameters())
-    assert student.teacher.members[1].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert student.teacher.members[1].backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert not any("teacher" in name for name in student.state_dict())
 
 
@@ -332,13 +335,13 @@ def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_co
     source = Classifier(MODEL, SGD, {})
     path = save_checkpoint(source, tmp_path / "mnist.ckpt")
     target = Classifier({**MODEL, "num_classes": 5}, SGD, {}, init_from=path, freeze_conv=True)
-    for name in ("conv1.weight", "conv2.bias", "fc1.weight"):
+    for name in ("backbone.conv1.weight", "backbone.conv2.bias", "head.fc1.weight"):
         assert torch.equal(target.net.state_dict()[name], source.net.state_dict()[name])
-    assert target.net.fc2.weight.shape == (5, 500)
-    assert not target.net.conv1.weight.requires_grad and target.net.fc1.weight.requires_grad
+    assert target.net.head.fc2.weight.shape == (5, 500)
+    assert not target.net.backbone.conv1.weight.requires_grad and target.net.head.fc1.weight.requires_grad
     trained = {id(p) for g in target.configure_optimizers().param_groups for p in g["params"]}
-    assert id(target.net.conv1.weight) not in trained and id(target.net.fc2.weight) in trained
-    with pytest.raises(ConfigError, match="its conv layers do not match"):
+    assert id(target.net.backbone.conv1.weight) not in trained and id(target.net.head.fc2.weight) in trained
+    with pytest.raises(ConfigError, match="its backbone does not fit"):
         Classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
 
 
@@ -352,7 +355,8 @@ def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, sy
                          limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(student, datamodule=data)
-    assert student.net.fc2.weight.dtype == torch.bfloat16 and student.teacher.fc2.weight.dtype == torch.bfloat16
+    assert student.net.head.fc2.weight.dtype == torch.bfloat16
+    assert student.teacher.head.fc2.weight.dtype == torch.bfloat16
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
 
 
@@ -383,7 +387,7 @@ class RecordWeights(Callback):
         self.after_step = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after_step.append(pl_module.net.fc2.weight.detach().clone())
+        self.after_step.append(pl_module.net.head.fc2.weight.detach().clone())
 
 
 def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic_root):
@@ -398,8 +402,8 @@ def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic
     for weights in record.after_step[1:]:
         average = 0.9 * average + 0.1 * weights
     assert len(record.after_step) == 6
-    assert torch.allclose(module.net.fc2.weight, average, atol=1e-6)  # training ends on the averaged weights
-    assert not torch.allclose(module.net.fc2.weight, record.after_step[-1])
+    assert torch.allclose(module.net.head.fc2.weight, average, atol=1e-6)  # training ends on the averaged weights
+    assert not torch.allclose(module.net.head.fc2.weight, record.after_step[-1])
 
 
 # Bad values stop before training ---------------------------------------------------------------------------

@@ -32,8 +32,8 @@ OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json"
 
 def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
     """The data must have the image shape and class count the network was built for."""
-    model = module.hparams.model
-    wants = (model["in_channels"], model["image_size"], model["num_classes"])
+    channels, size, _ = module.net.input_shape
+    wants = (channels, size, module.net.num_classes)
     has = (data.hparams.in_channels, data.image_size, data.num_classes)
     if wants != has:
         raise ConfigError(f"ckpt_path={checkpoint}: the network takes {wants[0]}x{wants[1]}x{wants[1]} images and "

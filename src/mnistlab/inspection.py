@@ -81,18 +81,24 @@ class ModelGraph(pl.Callback):
             writer.add_graph(pl_module.net, example)
 
 
+def backbone_convolutions(net: torch.nn.Module) -> list[str]:
+    """The names (relative to the network) of its backbone's convolutions: what the views show by default."""
+    return [f"backbone.{name}" for name, layer in net.backbone.named_modules() if isinstance(layer, torch.nn.Conv2d)]
+
+
 class FilterImages(pl.Callback):
     """The seed's "how do we get the convolution filters?" (`model.conv1.weight`): each layer's weights as an
-    image grid, every N epochs."""
+    image grid, every N epochs. `layers`: names relative to the network; None: the backbone's convolutions."""
 
-    def __init__(self, layers: tuple[str, ...] = ("conv1", "conv2"), every_n_epochs: int = 1, zoom: int = 4):
+    def __init__(self, layers: tuple[str, ...] | None = None, every_n_epochs: int = 1, zoom: int = 4):
         self.layers, self.every_n_epochs, self.zoom = layers, every_n_epochs, zoom
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         if writer is None or not due(trainer, self.every_n_epochs):
             return
-        for name, grid in filter_grids(pl_module.net, self.layers, self.zoom).items():
+        layers = self.layers or backbone_convolutions(pl_module.net)
+        for name, grid in filter_grids(pl_module.net, layers, self.zoom).items():
             writer.add_image(f"filters/{name}", grid, trainer.global_step)
 
 
@@ -110,9 +116,10 @@ def filter_grids(net: torch.nn.Module, layers, zoom: int) -> dict[str, torch.Ten
 
 class FeatureMaps(pl.Callback):
     """The outputs of the chosen layers for a fixed set of validation images (the first `num_images`), after
-    every N-th validation: one row per image, one tile per channel, beside the inputs themselves."""
+    every N-th validation: one row per image, one tile per channel, beside the inputs themselves. `layers`: names
+    relative to the network; None: the backbone's convolutions."""
 
-    def __init__(self, layers: tuple[str, ...] = ("conv1", "conv2"), num_images: int = 4, every_n_epochs: int = 1,
+    def __init__(self, layers: tuple[str, ...] | None = None, num_images: int = 4, every_n_epochs: int = 1,
                  zoom: int = 2):
         self.layers, self.num_images, self.every_n_epochs, self.zoom = layers, num_images, every_n_epochs, zoom
 
@@ -121,7 +128,8 @@ class FeatureMaps(pl.Callback):
         if writer is None or trainer.sanity_checking or not due(trainer, self.every_n_epochs):
             return
         images, _ = trainer.datamodule.first_images("val", self.num_images)
-        for name, grid in feature_map_grids(pl_module.net, images, self.layers, self.zoom).items():
+        layers = self.layers or backbone_convolutions(pl_module.net)
+        for name, grid in feature_map_grids(pl_module.net, images, layers, self.zoom).items():
             writer.add_image(f"feature_maps/{name}", grid, trainer.global_step)
 
 
@@ -181,7 +189,7 @@ class ValidationAnalysis(pl.Callback):
         self.metrics: MetricCollection | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        classes = pl_module.hparams.model["num_classes"]
+        classes = pl_module.net.num_classes
         self.metrics = MetricCollection({
             "per_class": MulticlassAccuracy(classes, average=None, validate_args=False),
             "ece": MulticlassCalibrationError(classes, n_bins=self.calibration_bins, validate_args=False),
@@ -284,7 +292,7 @@ class Histograms(pl.Callback):
 
 
 class EmbeddingProjector(pl.Callback):
-    """TensorBoard's projector at the end of training: the penultimate features (fc2's input) of the first
+    """TensorBoard's projector at the end of training: the penultimate features (the network's pre_logits) of the first
     `num_images` validation images (training images when there is no validation split), with their labels and
     an image sprite. 0 images: off."""
 
@@ -297,15 +305,10 @@ class EmbeddingProjector(pl.Callback):
             return
         split = "val" if "val" in trainer.datamodule.splits else "train"
         images, labels = trainer.datamodule.first_images(split, self.num_images)
-        captured = []
-        hook = pl_module.net.fc2.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
-        try:
-            with evaluating(pl_module):
-                pl_module(images)
-        finally:
-            hook.remove()
+        with evaluating(pl_module.net) as net:
+            features = net.pre_logits(images.to(pl_module.device))
         names = trainer.datamodule.class_names
-        writer.add_embedding(captured[0].float().cpu(), metadata=[names[i] for i in labels.tolist()],
+        writer.add_embedding(features.float().cpu(), metadata=[names[i] for i in labels.tolist()],
                              label_img=trainer.datamodule.denormalize(images).cpu(), global_step=trainer.global_step,
                              tag="val/penultimate")
 

@@ -1,8 +1,19 @@
 """The seed document's CNN: conv(5x5) -> ReLU -> max-pool, twice, then two linear layers; plus the
-architecture tricks the seed asks about (bias=False + BatchNorm, stride versus pool, kernel size, dilation)."""
+architecture tricks the seed asks about (bias=False + BatchNorm, stride versus pool, kernel size, dilation).
+
+Every network in mnistlab follows one contract, so that code outside a model never names its layers:
+
+- `backbone`: images [N, C, H, W] -> feature maps [N, C', H', W'] (what transfer learning copies and freezes,
+  and what the filter and feature-map views show: its convolutions);
+- `head`: feature maps -> logits [N, num_classes], whose last layer is a Linear;
+- `pre_logits(x)`: the head's input to that last layer, [N, D] (distillation's and the projector's features);
+- `num_classes` and `input_shape` (C, H, W) attributes.
+"""
+
+from collections import OrderedDict
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.errors import ConfigError
@@ -10,10 +21,21 @@ from mnistlab.errors import ConfigError
 DOWNSAMPLING = ("pool", "stride")
 
 
-class SeedNet(nn.Module):
-    """conv1 = Conv2d(1, 20, 5), conv2 = Conv2d(20, 50, 5), fc1 = Linear(800, 500), fc2 = Linear(500, 10).
+def rename_legacy_keys(state: dict, renames: dict[str, str], prefix: str = "") -> None:
+    """Rename, in place, the keys of a state dict saved before a network took the contract's shape:
+    `prefix + old` -> `prefix + new` for each (old, new) of `renames`, so old checkpoints keep loading."""
+    for key in list(state):
+        for old, new in renames.items():
+            if key.startswith(prefix + old):
+                state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+                break
 
-    fc1's in-features (the seed's `4*4*50`) are measured by passing one blank image through the conv stack,
+
+class SeedNet(nn.Module):
+    """backbone: conv1 = Conv2d(1, 20, 5), pool, conv2 = Conv2d(20, 50, 5), pool;
+    head: fc1 = Linear(800, 500), fc2 = Linear(500, 10).
+
+    fc1's in-features (the seed's `4*4*50`) are measured by passing one blank image through the backbone,
     so they follow the input size, kernel size, dilation and downsampling.
 
     - batch_norm: conv1, conv2 and fc1 lose their bias and are each followed by BatchNorm, which has its own.
@@ -23,6 +45,11 @@ class SeedNet(nn.Module):
       fc1, which holds most of the weights; no parameters, so checkpoints load either way.
     """
 
+    # Checkpoints written before the backbone/head split named the layers at the top level.
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {
+        "conv1.": "backbone.conv1.", "bn1.": "backbone.bn1.", "conv2.": "backbone.conv2.", "bn2.": "backbone.bn2.",
+        "fc1.": "head.fc1.", "bn3.": "head.bn3.", "fc2.": "head.fc2."}
+
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  conv_channels: tuple[int, int] = (20, 50), kernel_size: int = 5, hidden: int = 500,
                  batch_norm: bool = False, downsample: str = "pool", dilation: int = 1,
@@ -31,41 +58,47 @@ class SeedNet(nn.Module):
         if downsample not in DOWNSAMPLING:
             raise ConfigError(f"model.downsample={downsample!r} must be one of {', '.join(DOWNSAMPLING)}")
         self.input_shape = (in_channels, image_size, image_size)
+        self.num_classes = num_classes
         first, second = conv_channels
         conv = dict(kernel_size=kernel_size, dilation=dilation, stride=2 if downsample == "stride" else 1,
                     bias=not batch_norm)
-        self.conv1 = nn.Conv2d(in_channels, first, **conv)
-        self.bn1 = nn.BatchNorm2d(first) if batch_norm else nn.Identity()
-        self.conv2 = nn.Conv2d(first, second, **conv)
-        self.bn2 = nn.BatchNorm2d(second) if batch_norm else nn.Identity()
-        self.pool = nn.MaxPool2d(2) if downsample == "pool" else nn.Identity()
+
+        def stage(index: int, channels_in: int, channels_out: int) -> list[tuple[str, nn.Module]]:
+            return [(f"conv{index}", nn.Conv2d(channels_in, channels_out, **conv)),
+                    (f"bn{index}", nn.BatchNorm2d(channels_out) if batch_norm else nn.Identity()),
+                    (f"relu{index}", nn.ReLU()),
+                    (f"pool{index}", nn.MaxPool2d(2) if downsample == "pool" else nn.Identity())]
+
+        self.backbone = nn.Sequential(OrderedDict(stage(1, in_channels, first) + stage(2, first, second)))
         features = self._measure_features(in_channels, image_size)
-        self.fc1 = nn.Linear(features, hidden, bias=not batch_norm)
-        self.bn3 = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.fc2 = nn.Linear(hidden, num_classes)
+        self.head = nn.Sequential(OrderedDict([
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(features, hidden, bias=not batch_norm)),
+            ("bn3", nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()),
+            ("relu3", nn.ReLU()),
+            ("dropout", nn.Dropout(dropout) if dropout else nn.Identity()),
+            ("fc2", nn.Linear(hidden, num_classes)),
+        ]))
+        self._register_load_state_dict_pre_hook(_rename_seed_keys)
 
     def _measure_features(self, in_channels: int, image_size: int) -> int:
         self.eval()  # BatchNorm must not learn statistics from the blank probe image
         try:
             with torch.no_grad():
-                return self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
+                return self.backbone(torch.zeros(1, in_channels, image_size, image_size))[0].numel()
         except RuntimeError as err:
             raise ConfigError(f"model: the conv stack leaves nothing of a {image_size}x{image_size} image "
                               f"({str(err).splitlines()[0]})") from None
         finally:
             self.train()
 
-    def feature_layers(self) -> list[nn.Module]:
-        """The conv stack (what transfer learning may freeze)."""
-        return [self.conv1, self.bn1, self.conv2, self.bn2]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv stack, flattened: [N, C, H, W] -> [N, fc1.in_features]."""
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        return torch.flatten(x, 1)
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2's input: the penultimate features, [N, hidden]."""
+        return self.head[:-1](self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn3(self.fc1(self.features(x))))
-        return self.fc2(self.dropout(x))
+        return self.head(self.backbone(x))
+
+
+def _rename_seed_keys(state: dict, prefix: str, *_) -> None:
+    rename_legacy_keys(state, SeedNet.LEGACY_KEYS, prefix)

@@ -49,7 +49,7 @@ class Classifier(pl.LightningModule):
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:
             tricks.transfer_weights(self.net, init_from, freeze_conv)
-        num_classes = model["num_classes"]
+        num_classes = self.net.num_classes
         self.mixer = tricks.batch_mixer(mixup_alpha, cutmix_alpha, num_classes)
         # Not a submodule: the teacher is never trained, and never saved in the student's checkpoint.
         self.__dict__["teacher"] = load_teacher(distill_teacher, num_classes) if distill_teacher else None
@@ -273,8 +273,8 @@ def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Mod
     nets = []
     for checkpoint in tricks.teacher_checkpoints(checkpoints):
         net = load_classifier(checkpoint, "tricks.distill_teacher").net
-        if net.fc2.out_features != num_classes:
-            raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.fc2.out_features} "
+        if net.num_classes != num_classes:
+            raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.num_classes} "
                               f"classes, this run {num_classes}")
         nets.append(net)
     teacher = nets[0] if len(nets) == 1 else tricks.Ensemble(nets)

@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from mnistlab.errors import ConfigError
+from mnistlab.model import rename_legacy_keys
 
 LINEAR_SCALING_REFERENCE_BATCH = 256  # the paper's rule: lr = base_lr * batch / 256
 
@@ -103,17 +104,17 @@ def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]
 
 
 def transfer_weights(net: nn.Module, checkpoint: str | Path, freeze_conv: bool) -> list[str]:
-    """Transfer learning: copy every tensor of another run whose name and shape match (so a head sized for
-    another number of classes stays fresh), optionally freeze the conv stack; returns the names copied."""
+    """Transfer learning: the whole backbone of another run, and every tensor of its head whose name and shape
+    match (so a last layer sized for another number of classes stays fresh); optionally the backbone frozen.
+    Returns the names copied."""
     source, own = load_net_state(checkpoint, "tricks.init_from"), net.state_dict()
+    rename_legacy_keys(source, getattr(net, "LEGACY_KEYS", {}))
     copied = {name: tensor for name, tensor in source.items() if name in own and own[name].shape == tensor.shape}
-    conv_stack = [name for name in own if name.startswith(("conv", "bn1.", "bn2."))]
-    unmatched = [name for name in conv_stack if name not in copied]
+    unmatched = [name for name in own if name.startswith("backbone.") and name not in copied]
     if unmatched:
-        raise ConfigError(f"tricks.init_from={checkpoint}: its conv layers do not match this model's "
+        raise ConfigError(f"tricks.init_from={checkpoint}: its backbone does not fit this model's "
                           f"({', '.join(unmatched)} missing or shaped differently)")
     net.load_state_dict(copied, strict=False)
     if freeze_conv:
-        for layer in net.feature_layers():
-            layer.requires_grad_(False)
+        net.backbone.requires_grad_(False)
     return sorted(copied)
