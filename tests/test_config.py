@@ -7,8 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnistlab.data import MNISTDataModule
+from mnistlab.errors import ConfigError
 from mnistlab.model import SeedNet
-from mnistlab.train import CONFIG_DIR, device_for_job, unknown_choice
+from mnistlab.train import CONFIG_DIR, compose_run_config, device_for_job, spell_trainer_overrides, unknown_choice
 
 from .conftest import REPO
 
@@ -80,3 +81,34 @@ def test_parallel_sweep_jobs_take_one_gpu_each():
     assert device_for_job(None, gpus=4) == 1  # a single run: one device, Lightning picks it
     assert [device_for_job(n, gpus=4) for n in range(6)] == [[0], [1], [2], [3], [0], [1]]
     assert device_for_job(5, gpus=1) == 1 and device_for_job(5, gpus=0) == 1  # one GPU or the CPU: nothing to spread
+
+
+def test_any_trainer_argument_is_set_without_plus():
+    spelled = spell_trainer_overrides(["trainer.limit_train_batches=5", "trainer.max_epochs=3,5", "model.hidden=10",
+                                       "+trainer.max_time=null", "--cfg"])
+    assert spelled == ["++trainer.limit_train_batches=5", "++trainer.max_epochs=3,5", "model.hidden=10",
+                       "+trainer.max_time=null", "--cfg"]
+    cfg = compose_run_config(["trainer.limit_train_batches=5", "trainer.gradient_clip_val=1.5", "trainer.max_epochs=2"])
+    assert (cfg.trainer.limit_train_batches, cfg.trainer.gradient_clip_val, cfg.trainer.max_epochs) == (5, 1.5, 2)
+    trainer = instantiate(cfg.trainer, callbacks=[], logger=False)
+    assert trainer.limit_train_batches == 5 and trainer.gradient_clip_val == 1.5
+
+
+@pytest.mark.parametrize(("arg", "says"), [
+    ("trainer.max_epoch=3", "unknown key trainer.max_epoch in 'trainer.max_epoch=3': did you mean trainer.max_epochs?"),
+    ("trainer.limit_trian_batches=3", "unknown key trainer.limit_trian_batches in 'trainer.limit_trian_batches=3': "
+                                      "did you mean trainer.limit_train_batches?"),
+])
+def test_a_trainer_typo_names_the_closest_argument(arg, says):
+    with pytest.raises(ConfigError) as info:
+        spell_trainer_overrides([arg])
+    assert str(info.value) == says
+
+
+def test_a_trainer_typo_is_one_line_from_train_py(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: unknown key trainer.max_epoch in 'trainer.max_epoch=3': did you mean "
+                                     "trainer.max_epochs?")
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,7 @@
 """Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
 
+import difflib
+import inspect
 import json
 import logging
 import signal
@@ -83,6 +85,31 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
                 return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
                         f"choose one of: {', '.join(options)}")
     return None
+
+
+def trainer_options() -> list[str]:
+    """Every argument of Lightning's Trainer: each may be set as `trainer.NAME=VALUE`."""
+    return [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
+
+
+def spell_trainer_overrides(args: list[str]) -> list[str]:
+    """`trainer.NAME=VALUE` for any Trainer argument, whether configs/trainer lists it or not (Hydra would want
+    `+trainer.NAME` for one it does not): such overrides become `++trainer.NAME=VALUE`, set or added. A name the
+    Trainer does not take is one line naming the closest that it does."""
+    options, spelled = trainer_options(), []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if not equals or not key.startswith("trainer.") or arg.startswith("-"):
+            spelled.append(arg)
+            continue
+        name = key.removeprefix("trainer.").split(".")[0]
+        if name not in options:
+            close = difflib.get_close_matches(name, options, n=1)
+            allowed = (f"did you mean trainer.{close[0]}?" if close
+                       else f"Lightning's Trainer takes {', '.join(options)}")
+            raise ConfigError(f"unknown key trainer.{name} in {arg!r}: {allowed}")
+        spelled.append(f"++{key}={value}")
+    return spelled
 
 
 def checkpoint_without_validation(callback: DictConfig, val_size: int | None) -> dict:
@@ -209,7 +236,7 @@ def compose_run_config(args: list[str], output_dir: str | None = None) -> DictCo
     """The config a single run of `args` will get, with Hydra's own settings in place so that `${hydra:...}`
     resolves; the run folder is `output_dir`, or hydra.run.dir as Hydra would make it."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=args, return_hydra_config=True)
+        cfg = compose("train", overrides=spell_trainer_overrides(args), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = output_dir or cfg.hydra.run.dir
     HydraConfig.instance().set_config(cfg)
@@ -247,8 +274,8 @@ def main() -> None:
         problem = unknown_choice(args)
         if problem:
             raise ConfigError(problem)
-        if single_run(args):
-            sys.argv[1:] = precheck(args)
+        args = spell_trainer_overrides(args)
+        sys.argv[1:] = precheck(args) if single_run(args) else args
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
