@@ -6,6 +6,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
@@ -13,6 +14,7 @@ from mnistlab.callbacks import EMA, StopIfNotLearning
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError, NotLearningError
 from mnistlab.module import Classifier
+from mnistlab.train import compose_run_config
 
 from .conftest import FAST, run_train
 
@@ -158,3 +160,18 @@ def test_a_dead_run_ends_in_one_line_naming_the_cure(tmp_path, synthetic_root):
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: not learning: the training loss is 2."), result.stderr
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_augment_recipe_is_chosen_per_dataset():
+    digits = compose_run_config(["+experiment=bag_of_tricks"])
+    clothes = compose_run_config(["+experiment=bag_of_tricks", "data=fashion_mnist"])
+    assert digits.data.augment == clothes.data.augment == "recipe"
+    digit_data, clothes_data = instantiate(digits.data), instantiate(clothes.data)
+    affine = digit_data.augment[0]
+    assert (affine.degrees, affine.translate, affine.scale, affine.hflip) == (10, 0.1, 0.1, 0)  # no mirrored digits
+    assert clothes_data.augment is None
+
+
+def test_an_unknown_augment_name_is_one_line():
+    with pytest.raises(ConfigError, match=r"data.augment='recipes': give null, recipe \(data.recipe_augment\) or "):
+        MNISTDataModule(augment="recipes")

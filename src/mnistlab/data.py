@@ -177,9 +177,16 @@ class MNISTDataModule(pl.LightningDataModule):
     def __init__(self, name: str = "mnist", root: str = "data", download: bool = True, val_size: int = 5000,
                  train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
-                 num_classes: int = 10, augment: dict | None = None, seed: int = 0):
+                 num_classes: int = 10, augment: dict | str | None = None, recipe_augment: dict | None = None,
+                 seed: int = 0):
         super().__init__()
+        if augment == "recipe":  # the augmentation that suits this dataset's images, chosen per dataset
+            augment = recipe_augment
+        elif isinstance(augment, str):
+            raise ConfigError(f"data.augment={augment!r}: give null, recipe (data.recipe_augment) or settings such as "
+                              f"{{degrees: 10, translate: 0.1}} (keys: {', '.join(AUGMENT_KEYS)})")
         augment = dict(augment) if augment else None  # a plain dict (not Hydra's DictConfig) in the checkpoint
+        recipe_augment = dict(recipe_augment) if recipe_augment else None
         # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
         self.save_hyperparameters(logger=False)
         if name not in TORCHVISION_DATASETS:

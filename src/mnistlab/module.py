@@ -257,8 +257,8 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTD
     settings = {**defaults, **(saved or {}), "download": False}
     for key, text in overrides.items():
         name = key.removeprefix("data.")
-        if name not in defaults or name == "augment":
-            allowed = ", ".join(f"data.{k}" for k in defaults if k != "augment")
+        if name not in defaults or name in ("augment", "recipe_augment"):
+            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
             raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
         try:
             settings[name] = parse_value(text, defaults[name])
