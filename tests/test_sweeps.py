@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mnistlab.report import collect, markdown, rows
+from mnistlab.report import collect, columns, markdown, rows
 
 from .conftest import FAST, REPO, offline_env, run_train
 
@@ -33,7 +33,7 @@ def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_ro
     printed = report(sweep)
     assert printed.returncode == 0, printed.stderr
     table = (sweep / "report.md").read_text().splitlines()
-    assert table[0].startswith("| model.downsample | optimizer.lr | runs | failed | test accuracy (%) |")
+    assert table[0].startswith("| model.downsample | optimizer.lr | runs | failed | test/acc (%) |")
     assert [line.split(" | ")[:2] for line in table[2:]] == [["| pool", "0.05"], ["| pool", "0.1"],
                                                               ["| stride", "0.05"], ["| stride", "0.1"]]
     with (sweep / "report.csv").open() as handle:
@@ -88,7 +88,7 @@ def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_pa
     result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", f"data.root={synthetic_root}",
                        f"hydra.sweep.dir={sweep}", *QUICK, "data.val_size=0")
     failure = json.loads((sweep / "0" / "failure.json").read_text())
-    assert failure["error"] == ("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises "
+    assert failure["error"] == ("data.val_size=0 leaves the Optuna search nothing to optimise (it optimises "
                                 "val/acc_best): keep a validation split for the search, and use val_size=0 for "
                                 "the final fit")
     assert not (sweep / "0" / "checkpoints").exists(), result.stderr[-3000:]  # refused before training
@@ -126,12 +126,15 @@ def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
     (tmp_path / "5").mkdir()  # not a job folder: ignored
 
     jobs = collect(tmp_path)
-    keys, table = rows(jobs)
+    metrics = columns(jobs)  # fake jobs have no config: the classification task's names
+    assert [title for _, title, _ in metrics] == ["test/acc (%)", "val/acc_best (%)", "test/loss",
+                                                  "time per epoch (s)"]
+    keys, table = rows(jobs, metrics)
     assert keys == ["experiment"]  # data= is the same everywhere and seed is averaged over
     mean = statistics.mean(a * 100 for a in accuracies)
     spread = (sum((a * 100 - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5  # sample std
     assert table[0]["test/acc"] == pytest.approx((mean, spread))
-    lines = markdown(keys, table, jobs).splitlines()
+    lines = markdown(keys, table, jobs, metrics).splitlines()
     assert lines[2] == (f"| baseline | 3 | 0 | {mean:.2f} ± {spread:.2f} | {mean + 1:.2f} ± {spread:.2f} "
                         "| 0.300 ± 0.000 | 11.00 ± 1.00 |")
     assert lines[3] == "| bag_of_tricks | 1 | 1 | 95.00 | 96.00 | 0.200 | 5.00 |"
@@ -143,10 +146,11 @@ def test_report_leaves_best_val_blank_for_runs_without_validation(tmp_path):
     for seed, (acc, unvalidated) in enumerate([(0.93, None), (0.95, math.nan)]):  # NaN: as commit 95ad315 wrote it
         fake_job(tmp_path, seed, ["data.val_size=0", f"seed={seed}"],
                  {"test/acc": acc, "val/acc_best": unvalidated, "test/loss": 0.2, "seconds_per_epoch": 5.0})
-    keys, table = rows(collect(tmp_path))
+    jobs = collect(tmp_path)
+    keys, table = rows(jobs, columns(jobs))
     assert table[0]["val/acc_best"] is None and table[0]["test/acc"][0] == pytest.approx(94.0)
     row = "| all | 2 | 0 | 94.00 ± 1.41 | - | 0.200 ± 0.000 | 5.00 ± 0.00 |"
-    assert markdown(keys, table, []).splitlines()[2] == row
+    assert markdown(keys, table, [], columns(jobs)).splitlines()[2] == row
 
 
 def test_report_of_an_empty_folder_is_one_line(tmp_path):

@@ -31,7 +31,8 @@ def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, syn
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
     # The summary names the accuracy, the run folder, the checkpoint and the TensorBoard command.
-    assert f"test accuracy {metrics['test/acc']:.4f}" in result.stdout
+    assert (f"test/acc {metrics['test/acc']:.4f}  test/loss {metrics['test/loss']:.4f}  val/acc_best "
+            f"{metrics['val/acc_best']:.4f}  (2 epochs, ") in result.stdout
     for line in (f"run folder    {run_dir}", f"checkpoint    {best}", "tensorboard   tensorboard --logdir"):
         assert line in result.stdout
 

@@ -54,12 +54,12 @@ class StopIfNotLearning(pl.Callback):
     every image with the same guess (dead ReLUs after too high a learning rate, say), with one line naming the cure.
     A dead network whose last bias still swings under a large learning rate sits above ln(num_classes): that counts.
 
-    The check runs once, after the first epoch but no earlier than `min_steps` (the end of training when that
-    comes first), on the mean loss of the second half of the steps before it: the warmup's first steps, which
-    barely move the weights, never count. The loss is summed on the device; the check reads it once.
+    The check runs once, after the first epoch but no earlier than step `min_steps`, on the mean loss of the second
+    half of the steps before it: the warmup's first steps, which barely move the weights, never count. A run too
+    short to get there is not judged. The loss is summed on the device; the check reads it once.
     """
 
-    def __init__(self, num_classes: int, min_steps: int = 100, tolerance: float = 0.02):
+    def __init__(self, num_classes: int, min_steps: int = 50, tolerance: float = 0.02):
         if tolerance <= 0:
             raise ConfigError(f"callbacks.not_learning.tolerance={tolerance} must be > 0")
         self.chance_loss = math.log(num_classes)
@@ -70,7 +70,7 @@ class StopIfNotLearning(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         first_epoch = trainer.num_training_batches // trainer.accumulate_grad_batches
-        self.check_step = min(max(first_epoch, self.min_steps), int(trainer.estimated_stepping_batches))
+        self.check_step = max(first_epoch, self.min_steps)
         self.loss_sum, self.counted = torch.zeros((), device=pl_module.device), 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,

@@ -21,7 +21,6 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
-FINAL_METRICS = ("test/acc", "test/loss", "val/acc_best")
 # Equal-width histogram bins: a third of the time of TensorBoard's default ~1500 exponential edges, which sort
 # every value (fc1 alone has 400,000), and TensorBoard re-bins to 30 for display anyway.
 BINS = 64
@@ -316,7 +315,7 @@ class EmbeddingProjector(pl.Callback):
 def log_hparams(trainer: pl.Trainer, config: dict, metrics: dict) -> None:
     """The HPARAMS tab: the resolved config (flattened, e.g. `tricks.mixup_alpha`) with the final metrics, so a
     sweep's runs line up side by side. Written once the run is over, when the metrics exist."""
-    final = {key: metrics[key] for key in FINAL_METRICS if metrics[key] is not None}  # None: no validation
+    final = {key: value for key, value in metrics.items() if value is not None}  # None: no validation
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(flatten(config), metrics=final, step=trainer.global_step)

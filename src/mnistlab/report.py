@@ -17,8 +17,20 @@ from pathlib import Path
 import yaml
 
 IGNORED_KEYS = ("seed",)  # averaged over, never a column
-METRICS = (("test/acc", "test accuracy (%)", 100), ("val/acc_best", "best val accuracy (%)", 100),
-           ("test/loss", "test loss", 1), ("seconds_per_epoch", "time per epoch (s)", 1))
+# The metric names of sweeps whose jobs' configs predate the task group (configs/task/classification.yaml).
+CLASSIFICATION = {"best": "val/acc_best", "test": ["test/acc", "test/loss"]}
+
+
+def columns(jobs: list["Job"]) -> list[tuple[str, str, float]]:
+    """(metric, column title, scale) of the table: the task's headline test metric, its best validation value, the
+    other test metrics, the time per epoch; names from the task config the jobs ran with. Losses stay as they
+    are, every other metric (accuracy, IoU) is shown in percent."""
+    config = jobs[0].folder / ".hydra" / "config.yaml" if jobs else None
+    saved = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
+    names = (saved.get("task") or {}).get("metrics") or CLASSIFICATION
+    headline, *others = names["test"]
+    return [(name, f"{name}{'' if name.endswith('loss') else ' (%)'}", 1 if name.endswith("loss") else 100)
+            for name in (headline, names["best"], *others)] + [("seconds_per_epoch", "time per epoch (s)", 1)]
 
 
 @dataclass
@@ -87,15 +99,15 @@ def summarise(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def rows(jobs: list[Job]) -> tuple[list[str], list[dict]]:
+def rows(jobs: list[Job], metrics: list[tuple[str, str, float]]) -> tuple[list[str], list[dict]]:
     """(varying keys, one dict per group: its key values, run counts, and (mean, std) of each metric)."""
     keys, groups = group(jobs)
     table = []
     for values, members in groups.items():
         finished = [job.metrics for job in members if job.metrics is not None]
         row = dict(zip(keys, values, strict=True), runs=len(finished), failed=len(members) - len(finished))
-        for metric, _, scale in METRICS:
-            # val/acc_best is null (NaN from commit 95ad315) for a run without a validation split (data.val_size=0)
+        for metric, _, scale in metrics:
+            # the best validation value is null (NaN in older runs) for a run without a validation split
             numbers = [scale * m[metric] for m in finished
                        if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
             row[metric] = summarise(numbers) if numbers else None
@@ -110,12 +122,13 @@ def cell(summary: tuple[float, float | None] | None, digits: int) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown(keys: list[str], table: list[dict], jobs: list[Job]) -> str:
-    header = [*(keys or ["jobs"]), "runs", "failed", *(title for _, title, _ in METRICS)]
+def markdown(keys: list[str], table: list[dict], jobs: list[Job], metrics: list[tuple[str, str, float]]) -> str:
+    header = [*(keys or ["jobs"]), "runs", "failed", *(title for _, title, _ in metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         labels = [row[key] for key in keys] or ["all"]
-        numbers = [cell(row[metric], 3 if metric == "test/loss" else 2) for metric, _, _ in METRICS]
+        numbers = [cell(row[metric], 3 if scale == 1 and metric != "seconds_per_epoch" else 2)
+                   for metric, _, scale in metrics]
         lines.append("| " + " | ".join([*labels, str(row["runs"]), str(row["failed"]), *numbers]) + " |")
     failures = [job for job in jobs if job.metrics is None]
     if failures:
@@ -126,31 +139,32 @@ def markdown(keys: list[str], table: list[dict], jobs: list[Job]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, keys: list[str], table: list[dict]) -> None:
+def write_csv(path: Path, keys: list[str], table: list[dict], metrics: list[tuple[str, str, float]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*keys, "runs", "failed", *(f"{m}_{part}" for m, _, _ in METRICS for part in ("mean", "std"))])
+        writer.writerow([*keys, "runs", "failed", *(f"{m}_{part}" for m, _, _ in metrics for part in ("mean", "std"))])
         for row in table:
             numbers = []
-            for metric, _, _ in METRICS:
+            for metric, _, _ in metrics:
                 mean, std = row[metric] if row[metric] else (None, None)
                 numbers += ["" if mean is None else f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
             writer.writerow([*(row[key] for key in keys), row["runs"], row["failed"], *numbers])
 
 
-def write_chart(path: Path, keys: list[str], table: list[dict]) -> None:
-    """Bars of mean test accuracy with the std over seeds as error bars, one per group."""
+def write_chart(path: Path, keys: list[str], table: list[dict], headline: tuple[str, str, float]) -> None:
+    """Bars of the mean headline metric with the std over seeds as error bars, one per group."""
     import matplotlib.pyplot as plt  # only the chart needs it
 
-    shown = [row for row in table if row["test/acc"] is not None]
+    metric, title, _ = headline
+    shown = [row for row in table if row[metric] is not None]
     labels = [", ".join(f"{key}={row[key]}" for key in keys) or "all" for row in shown]
-    means = [row["test/acc"][0] for row in shown]
-    errors = [row["test/acc"][1] or 0.0 for row in shown]
+    means = [row[metric][0] for row in shown]
+    errors = [row[metric][1] or 0.0 for row in shown]
     figure, axes = plt.subplots(figsize=(6.0 + 0.065 * max(map(len, labels), default=0), 1.2 + 0.4 * len(shown)))
     axes.barh(range(len(shown)), means, xerr=errors, capsize=3, color="steelblue")
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
     axes.invert_yaxis()  # first group on top, as in the table
-    axes.set_xlabel("test accuracy (%), mean ± std over seeds")
+    axes.set_xlabel(f"{title}, mean ± std over seeds")
     if means:
         low = min(m - e for m, e in zip(means, errors, strict=True))
         axes.set_xlim(max(0.0, low - 1.0), min(100.0, max(m + e for m, e in zip(means, errors, strict=True)) + 0.5))
@@ -169,13 +183,14 @@ def main() -> None:
         print(f"error: no job folders (*/.hydra/overrides.yaml) under {args.sweep_dir}: is it a multirun folder?",
               file=sys.stderr)
         sys.exit(2)
-    keys, table = rows(jobs)
+    metrics = columns(jobs)
+    keys, table = rows(jobs, metrics)
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(keys, table, jobs)
+    text = markdown(keys, table, jobs, metrics)
     (out / "report.md").write_text(text)
-    write_csv(out / "report.csv", keys, table)
-    write_chart(out / "report.png", keys, table)
+    write_csv(out / "report.csv", keys, table, metrics)
+    write_chart(out / "report.png", keys, table, metrics[0])
     print(text + f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
 
 

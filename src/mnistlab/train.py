@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnistlab.checkpoints import resume_checkpoint, unfinished_run
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
-from mnistlab.module import Classifier
 from mnistlab.precision import fast_precision
 from mnistlab.validation import check_config
 
@@ -121,12 +120,20 @@ def checkpoint_without_validation(callback: DictConfig, val_size: int | None) ->
     return {"monitor": None, "save_on_train_epoch_end": True}
 
 
-def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
-    """(data module, Classifier, Trainer) from a composed config: what `train` runs, and what the benchmark
-    times as users run it."""
+def build_task(cfg: DictConfig) -> pl.LightningModule:
+    """The task's LightningModule (config group `task`, its `metrics` aside) given the model, optimizer,
+    scheduler and tricks; unbuilt configs, so that its checkpoint can rebuild the network alone."""
     parts = OmegaConf.to_container(cfg, resolve=True)
+    task = {key: value for key, value in parts["task"].items() if key != "metrics"}
+    return instantiate(task, model=parts["model"], optimizer=parts["optimizer"], scheduler=parts["scheduler"],
+                       **parts["tricks"], _recursive_=False, _convert_="all")
+
+
+def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
+    """(data module, task module, Trainer) from a composed config: what `train` runs, and what the benchmark
+    times as users run it."""
     datamodule = instantiate(cfg.data)
-    module = Classifier(parts["model"], parts["optimizer"], parts["scheduler"], **parts["tricks"])
+    module = build_task(cfg)
     if cfg.get("compile"):
         module.compile_network(None if cfg.compile is True else cfg.compile)
     callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size")))
@@ -152,8 +159,8 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
-    validated = "val/acc_best" in trainer.callback_metrics
-    val_acc_best = float(trainer.callback_metrics["val/acc_best"]) if validated else None  # None: data.val_size=0
+    names = cfg.task.metrics
+    best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if any(isinstance(c, pl.callbacks.StochasticWeightAveraging) for c in trainer.callbacks):
         # Lightning's SWA puts the average into the model when training ends (BatchNorm statistics recomputed),
@@ -169,29 +176,29 @@ def train(cfg: DictConfig) -> dict:
 
     epochs = trainer.current_epoch
     metrics = {
-        "test/acc": float(trainer.callback_metrics["test/acc"]),
-        "test/loss": float(trainer.callback_metrics["test/loss"]),
-        "val/acc_best": val_acc_best,
+        **{name: float(trainer.callback_metrics[name]) for name in names.test},
+        names.best: None if best_value is None else float(best_value),
         "epochs": epochs,
         "seconds": round(time.perf_counter() - start, 3),
         "seconds_per_epoch": round(fit_seconds / max(epochs - epochs_before, 1), 3),
         "best_checkpoint": best,
     }
-    log_hparams(trainer, parts, metrics)
+    log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]})
     if trainer.is_global_zero:  # under DDP every rank has the synced metrics; one writes them
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print_summary(metrics, run_dir)
+        print_summary(metrics, [*names.test, names.best], run_dir)
     return metrics
 
 
-def print_summary(metrics: dict, run_dir: Path) -> None:
+def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
+    """The final metrics (the headline first; a best validation value of none: no validation split), the time,
+    and where everything went."""
     logs = Path("logs").resolve()
     logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
-    validated = metrics["val/acc_best"] is not None
-    validation = f"best val accuracy {metrics['val/acc_best']:.4f}" if validated else "no validation split"
-    print(f"\ntest accuracy {metrics['test/acc']:.4f}  (test loss {metrics['test/loss']:.4f}, {validation}, "
-          f"{metrics['epochs']} epochs, {metrics['seconds_per_epoch']:.1f} s per epoch"
-          f"{' with validation' if validated else ''})")
+    figures = "  ".join(f"{name} {metrics[name]:.4f}" for name in names if metrics[name] is not None)
+    validated = metrics[names[-1]] is not None
+    print(f"\n{figures}  ({'' if validated else 'no validation split, '}{metrics['epochs']} epochs, "
+          f"{metrics['seconds_per_epoch']:.1f} s per epoch{' with validation' if validated else ''})")
     print(f"run folder    {run_dir}")
     print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
     print(f"tensorboard   tensorboard --logdir {logdir}")
@@ -199,13 +206,13 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """One run; returns val/acc_best, the value a sweep (Optuna) maximises."""
+    """One run; returns the task's best validation value (task.metrics.best), what a sweep optimises."""
     try:
-        return train(cfg)["val/acc_best"]
+        return train(cfg)[cfg.task.metrics.best]
     except Exception as err:
         message = one_line(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return record_failure(message)
+            return record_failure(message, cfg.task.metrics.mode)
         if isinstance(err, (MnistlabError, InstantiationException, MisconfigurationException)):
             # Bad input (a bad value, trainer=gpu without a GPU, missing data): one line, no traceback.
             print(f"error: {message}", file=sys.stderr)
@@ -219,9 +226,9 @@ def one_line(err: Exception) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
-def record_failure(message: str) -> float:
+def record_failure(message: str, mode: str) -> float:
     """A failed sweep job: failure.json in its folder (mnistlab-report lists it), the traceback in its log, and
-    the worst value of the maximised objective, so the sweep and an Optuna search go on."""
+    the worst value of the objective (max or min `mode`), so the sweep and an Optuna search go on."""
     job = HydraConfig.get()
     folder = Path(job.runtime.output_dir)
     failure = {"status": "failed", "error": message, "overrides": list(job.overrides.task),
@@ -229,7 +236,7 @@ def record_failure(message: str) -> float:
     (folder / "failure.json").write_text(json.dumps(failure, indent=2) + "\n")
     log.error(failure["traceback"])
     print(f"error: job {job.job.num} failed, the sweep goes on: {message}", file=sys.stderr)
-    return float("-inf")
+    return float("-inf") if mode == "max" else float("inf")
 
 
 def compose_run_config(args: list[str], output_dir: str | None = None) -> DictConfig:

@@ -44,6 +44,7 @@ RULES = {
     "compile": (lambda value: isinstance(value, bool) or value in COMPILE_MODES,
                 "true, false or one of " + ", ".join(COMPILE_MODES)),
     "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
+    "task.metrics.mode": (one_of("max", "min"), "max or min"),
     "data.batch_size": (integer(1), "an integer >= 1"),
     "data.eval_batch_size": (integer(1), "an integer >= 1"),
     "data.val_size": (integer(0), "an integer >= 0 (0: no validation, every training image trains), below "
@@ -137,13 +138,15 @@ def check_config(cfg: DictConfig) -> None:
     scheduler = settings.get("scheduler") or {}
     if "_target_" in scheduler:
         check_keys("scheduler", scheduler, scheduler["_target_"], skip=("optimizer", "total_steps", "steps_per_epoch"))
-    check_keys("tricks", settings.get("tricks", {}), "mnistlab.module.Classifier",
-               skip=("model", "optimizer", "scheduler"))
+    task = settings.get("task") or {}
+    if "_target_" in task:
+        check_keys("tricks", settings.get("tricks", {}), task["_target_"], skip=("model", "optimizer", "scheduler"))
     for name, callback in (settings.get("callbacks") or {}).items():
         if isinstance(callback, dict) and "_target_" in callback:
             check_keys(f"callbacks.{name}", callback, callback["_target_"])
     if (settings.get("data") or {}).get("val_size") == 0 and optuna_search():
-        raise ConfigError("data.val_size=0 leaves the Optuna search nothing to maximise (it maximises val/acc_best): "
+        raise ConfigError(f"data.val_size=0 leaves the Optuna search nothing to optimise (it optimises "
+                          f"{task.get('metrics', {}).get('best')}): "
                           "keep a validation split for the search, and use val_size=0 for the final fit")
     tricks = settings.get("tricks") or {}
     for path in teacher_checkpoints(tricks.get("distill_teacher")):
