@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -18,6 +19,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from mnistlab.inspection import (
     ValidationAnalysis,
     backbone_convolutions,
+    compared_settings,
     due,
     feature_map_grids,
     filter_grids,
@@ -26,6 +28,7 @@ from mnistlab.inspection import (
     tile_grid,
 )
 from mnistlab.model import SeedNet
+from mnistlab.train import compose_run_config
 
 from .conftest import FAST, REPO, run_train
 
@@ -242,3 +245,17 @@ def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0
     assert missing.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such checkpoint file"
+
+
+def test_hparams_hold_the_compared_settings_and_what_the_command_line_changed():
+    cfg = compose_run_config(["+experiment=bag_of_tricks", "callbacks.ema.decay=0.99"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    settings = compared_settings(OmegaConf.to_container(cfg, resolve=True), ["callbacks.ema.decay"])
+    assert settings["optimizer.lr"] == 0.1 and settings["tricks.label_smoothing"] == 0.1
+    assert settings["model.batch_norm"] is True and settings["trainer.precision"] == "bf16-mixed"
+    assert (settings["task"], settings["model"], settings["optimizer"], settings["scheduler"]) == (
+        "Classifier", "SeedNet", "SGD", "cosine")
+    assert "ema" in settings["callbacks"].split(", ") and settings["callbacks.ema.decay"] == 0.99
+    assert not any(key.endswith(("_target_", "_partial_")) for key in settings)
+    assert not any(key.startswith(("callbacks.filters", "logger.", "trainer.plugins", "data.root")) for key in settings)

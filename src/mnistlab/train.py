@@ -183,7 +183,8 @@ def train(cfg: DictConfig) -> dict:
         "seconds_per_epoch": round(fit_seconds / max(epochs - epochs_before, 1), 3),
         "best_checkpoint": best,
     }
-    log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]})
+    overridden = [line.lstrip("+~").split("=", 1)[0] for line in HydraConfig.get().overrides.task]
+    log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]}, overridden)
     if trainer.is_global_zero:  # under DDP every rank has the synced metrics; one writes them
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print_summary(metrics, [*names.test, names.best], run_dir)
