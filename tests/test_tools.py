@@ -167,11 +167,24 @@ def test_eval_on_another_folder_needs_only_its_test_files(trained, tmp_path):
     assert evaluated["images"] == 120 and abs(weighted - evaluated["test/acc"]) < 1e-4
 
 
+def test_eval_takes_a_data_group_choice_as_train_py_does(trained, tmp_path, synthetic_root):
+    checkpoint, _ = trained
+    out = tmp_path / "fashion.json"
+    result = tool("mnistlab-eval", f"ckpt_path={checkpoint}", "data=fashion_mnist", f"data.root={synthetic_root}",
+                  f"json={out}")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(out.read_text())
+    assert evaluated["dataset"] == "fashion_mnist" and evaluated["root"] == str(synthetic_root)
+    assert list(evaluated["per_class_acc"])[:2] == ["T-shirt/top", "Trouser"]
+    assert_one_line_error(tool("mnistlab-eval", f"ckpt_path={checkpoint}", "data=emnist"),
+                          "unknown data 'emnist' (override data=emnist); choose one of: fashion_mnist, kmnist, mnist")
+
+
 def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
     checkpoint, _ = trained
     saved = torch.load(checkpoint, weights_only=True)
     torch.manual_seed(0)
-    saved["state_dict"] = {name: tensor + 0.05 * torch.randn_like(tensor) if name.startswith("net.fc") else tensor
+    saved["state_dict"] = {name: tensor + 0.05 * torch.randn_like(tensor) if name.startswith("net.head.") else tensor
                            for name, tensor in saved["state_dict"].items()}
     other = tmp_path / "other.ckpt"
     torch.save(saved, other)

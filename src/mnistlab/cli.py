@@ -36,11 +36,11 @@ def parse_args(argv: list[str], options: dict[str, object], passthrough: str | N
         key, equals, text = arg.partition("=")
         if not equals or not key:
             raise ConfigError(f"argument {arg!r} is not key=value; allowed keys: {', '.join(options)}")
-        if passthrough and key.startswith(passthrough + "."):
-            values[key] = text
+        if passthrough and (key == passthrough or key.startswith(passthrough + ".")):
+            values[key] = text  # a group choice (`data=fashion_mnist`) or one of its keys, for the caller
             continue
         if key not in options:
-            extra = f", {passthrough}.KEY" if passthrough else ""
+            extra = f", {passthrough}=NAME, {passthrough}.KEY" if passthrough else ""
             raise ConfigError(f"unknown key {key!r} in {arg!r}; allowed keys: {', '.join(options)}{extra}")
         default = options[key]
         try:

@@ -2,11 +2,13 @@
 
     mnistlab-eval ckpt_path=logs/default/runs/<time>/checkpoints/epoch009.ckpt
     mnistlab-eval ckpt_path=CKPT data.root=DIR                     # the same dataset in another folder
-    mnistlab-eval ckpt_path=CKPT data.name=kmnist data.root=DIR data.mean=0.1918 data.std=0.3483
+    mnistlab-eval ckpt_path=CKPT data=fashion_mnist data.root=DIR  # another dataset of the data group
     mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=32-true
     mnistlab-eval ckpt_path=[CKPT1,CKPT2,CKPT3]                    # their ensemble: the mean of their logits
 
-The data settings come from the checkpoint (the run's data module saves them); `data.KEY=VALUE` changes one.
+The data settings come from the checkpoint (the run's data module saves them); `data=NAME` takes another
+dataset's (configs/data/NAME.yaml: name, statistics, shapes; the folder stays the checkpoint's unless
+`data.root=` is given), and `data.KEY=VALUE` changes one.
 Only the test files are needed. The test pass is Lightning's, as at the end of training, at the precision the
 run trained at (saved in the checkpoint) unless `precision=` says otherwise, so the figures match what training
 reported.
@@ -25,6 +27,7 @@ from mnistlab.cli import REQUIRED, parse_args, run_tool
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.module import Classifier, load_classifier, load_datamodule
+from mnistlab.train import dataset_settings
 from mnistlab.tricks import Ensemble
 
 OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json": ""}
@@ -104,7 +107,9 @@ def report(metrics: dict) -> str:
 
 def evaluate_command(argv: list[str]) -> None:
     args = parse_args(argv, OPTIONS, passthrough="data")
-    data_overrides = {key: value for key, value in args.items() if key.startswith("data.")}
+    # data=NAME: that dataset's identity (name, statistics, shapes) from configs/data/NAME.yaml; data.KEY on top.
+    chosen = dataset_settings(args["data"]) if "data" in args else {}
+    data_overrides = chosen | {key: value for key, value in args.items() if key.startswith("data.")}
     metrics = evaluate(args["ckpt_path"], data_overrides, args["accelerator"], args["precision"])
     print(report(metrics))
     if args["json"]:

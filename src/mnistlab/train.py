@@ -251,6 +251,19 @@ def compose_run_config(args: list[str], output_dir: str | None = None) -> DictCo
     return cfg
 
 
+DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")
+
+
+def dataset_settings(choice: str) -> dict[str, str]:
+    """What makes the dataset of `data=CHOICE` itself (DATASET_KEYS, as `data.KEY` override text): for a tool that
+    takes the rest of its data settings (the folder, batch sizes) from a checkpoint."""
+    problem = unknown_choice([f"data={choice}"])
+    if problem:
+        raise ConfigError(problem)
+    data = compose_run_config([f"data={choice}"]).data
+    return {f"data.{key}": str(data[key]) for key in DATASET_KEYS}
+
+
 def precheck(args: list[str]) -> list[str]:
     """Validate a single run's config before Hydra creates its folder; `ckpt_path=last` without a
     `hydra.run.dir` gets the folder of the newest unfinished run of this name. Returns the arguments to run."""
