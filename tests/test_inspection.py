@@ -34,7 +34,7 @@ from .conftest import FAST, REPO, run_train
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
-SHORT = [*FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=6", "optimizer.lr=0.002",
+SHORT = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=6", "optimizer.lr=0.002",
          "tricks.mixup_alpha=0.2", "model.batch_norm=true"]
 EVERYTHING = {"size_guidance": {"images": 0, "histograms": 0, "scalars": 0, "tensors": 0}}
 

@@ -15,7 +15,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def test_short_run_on_real_fashion_mnist_is_far_above_chance(tmp_path):
     run_dir = tmp_path / "run"
     result = run_train("data=fashion_mnist", f"data.root={FASHION}", "trainer.max_epochs=1",
-                       "+trainer.limit_train_batches=150", f"hydra.run.dir={run_dir}")
+                       "trainer.limit_train_batches=150", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # 150 steps of 128 images (a third of an epoch) on the real 60k/10k files; chance is 0.10.

@@ -2,11 +2,14 @@
 the stop for a run that is not learning."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
@@ -16,7 +19,7 @@ from mnistlab.errors import ConfigError, NotLearningError
 from mnistlab.module import Classifier
 from mnistlab.train import compose_run_config
 
-from .conftest import FAST, run_train
+from .conftest import FAST, REPO, offline_env, run_train
 
 MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
@@ -175,3 +178,35 @@ def test_augment_recipe_is_chosen_per_dataset():
 def test_an_unknown_augment_name_is_one_line():
     with pytest.raises(ConfigError, match=r"data.augment='recipes': give null, recipe \(data.recipe_augment\) or "):
         MNISTDataModule(augment="recipes")
+
+
+@pytest.mark.slow
+def test_learning_curve_script_runs_each_size_over_seeds_and_plots(tmp_path, synthetic_root):
+    out = tmp_path / "curve"
+    result = subprocess.run([sys.executable, "scripts/learning_curve.py", "--sizes", "300,600", "--seeds", "2",
+                             "--out", str(out), "--", f"data.root={synthetic_root}", *FAST, "trainer.max_epochs=1",
+                             "callbacks=minimal"], cwd=REPO, env=offline_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = (out / "learning_curve.md").read_text().splitlines()[2:]
+    assert [row.split(" | ")[:3] for row in rows] == [["| 300", "2", "0"], ["| 600", "2", "0"]]
+    for row in rows:
+        low, median, high = (float(v) for v in row.split(" | ")[3].split(" / "))
+        assert 0 <= low <= median <= high <= 100
+    with Image.open(out / "learning_curve.png") as png:
+        assert png.width > 300 and png.height > 200
+
+
+@pytest.mark.slow
+def test_recipes_script_tables_each_recipe_at_each_budget(tmp_path, synthetic_root):
+    out = tmp_path / "recipes"
+    result = subprocess.run([sys.executable, "scripts/recipes.py", "--epochs", "1", "--seeds", "1", "--out", str(out),
+                             "--", f"data.root={synthetic_root}", *FAST, "trainer.limit_train_batches=4"],
+                            cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, _, row = (out / "recipes.md").read_text().splitlines()
+    assert header.startswith("| epochs | baseline | bag_of_tricks | bag_of_tricks without EMA |")
+    cells = row.split(" | ")
+    assert cells[0] == "| 1" and cells[-1] == "0 |"  # no failed job
+    for cell in cells[1:4]:
+        assert 0 <= float(cell.split(" ± ")[0]) <= 100

@@ -15,7 +15,7 @@ from mnistlab.report import collect, columns, markdown, rows
 
 from .conftest import FAST, REPO, offline_env, run_train
 
-QUICK = [*FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=4", "callbacks=minimal"]
+QUICK = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "callbacks=minimal"]
 
 
 def report(sweep_dir) -> subprocess.CompletedProcess:

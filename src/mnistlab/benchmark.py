@@ -409,7 +409,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"},
               "settings": {v: settings[v] for v in variants}, "results": results, "ratios": ratios(results)}
     if args.profile:
-        limit = [f"+trainer.limit_train_batches={PROFILE_STEPS}"]
+        limit = [f"trainer.limit_train_batches={PROFILE_STEPS}"]
         report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile",
                                                    args.overrides + limit))
     return report
