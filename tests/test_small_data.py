@@ -175,6 +175,13 @@ def test_augment_recipe_is_chosen_per_dataset():
     assert clothes_data.augment is None
 
 
+def test_the_mnist_recipe_is_bag_of_tricks_as_a_30_epoch_final_fit():
+    cfg = compose_run_config(["+experiment=mnist_best"])
+    assert (cfg.trainer.max_epochs, cfg.data.val_size, cfg.data.augment) == (30, 0, "recipe")
+    assert cfg.model.batch_norm
+    assert "ema" in cfg.callbacks
+
+
 def test_an_unknown_augment_name_is_one_line():
     with pytest.raises(ConfigError, match=r"data.augment='recipes': give null, recipe \(data.recipe_augment\) or "):
         MNISTDataModule(augment="recipes")
