@@ -143,7 +143,7 @@ def test_report_mean_and_std_over_seeds_match_a_hand_computation(tmp_path):
 
 def test_report_leaves_best_val_blank_for_runs_without_validation(tmp_path):
     # data.val_size=0 runs write val/acc_best as null: no validation.
-    for seed, (acc, unvalidated) in enumerate([(0.93, None), (0.95, math.nan)]):  # NaN: as commit 95ad315 wrote it
+    for seed, (acc, unvalidated) in enumerate([(0.93, None), (0.95, math.nan)]):  # NaN: as older runs wrote it
         fake_job(tmp_path, seed, ["data.val_size=0", f"seed={seed}"],
                  {"test/acc": acc, "val/acc_best": unvalidated, "test/loss": 0.2, "seconds_per_epoch": 5.0})
     jobs = collect(tmp_path)

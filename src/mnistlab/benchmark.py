@@ -4,7 +4,7 @@ interleaved and repeated (the `mnistlab-bench` command, scripts/benchmark.py).
   a   mnistlab as users run it: the composed configs/train.yaml with its defaults (callbacks=default with
       inspection images, histograms and checkpoints, the TensorBoard logger, the progress bar, validation
       every epoch), built exactly as `mnistlab.train.train` builds it.
-  a2  a with the batch, precision and memory format of b (a' in the issue).
+  a2  a with the batch, precision and memory format of b.
   b   the floor: a plain loop over the same device-resident uint8 tensors, same model, optimizer, batch and
       precision, per-batch standardisation like the data module, then a no-grad validation pass.
   c   the classic loop of PyTorch's MNIST example and most tutorials: torchvision's MNIST with per-sample
