@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pytorch_lightning.callbacks import Callback
 
 from mnistlab.synthetic import write_synthetic_dataset
 
@@ -31,3 +32,13 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 300) -> subproce
     """`python train.py OVERRIDES...` exactly as a user types it, from the repository root."""
     return subprocess.run([sys.executable, "train.py", *overrides], cwd=cwd, env=offline_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+class RecordWeights(Callback):
+    """The last layer's weights after every training step, for checking weight averages against their formula."""
+
+    def __init__(self):
+        self.after_step = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after_step.append(pl_module.net.head[-1].weight.detach().clone())

@@ -19,7 +19,7 @@ from mnistlab.errors import ConfigError, NotLearningError
 from mnistlab.module import Classifier
 from mnistlab.train import compose_run_config
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, RecordWeights, offline_env, run_train
 
 MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
@@ -70,14 +70,6 @@ def test_ema_decay_warms_up_and_reaches_its_cap():
     ema = EMA(decay=0.999, warmup=10)
     assert ema.decay_at(0) == 0.1 and math.isclose(ema.decay_at(90), 0.91)
     assert ema.decay_at(9000) == 0.999 and ema.decay_at(100_000) == 0.999
-
-
-class RecordWeights(Callback):
-    def __init__(self):
-        self.after_step = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after_step.append(pl_module.net.head.fc2.weight.detach().clone())
 
 
 def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):

@@ -6,13 +6,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.model import SeedNet
 from mnistlab.module import Classifier, load_classifier
+
+from .conftest import RecordWeights
 
 MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -381,14 +383,6 @@ def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_sour
 
 
 # Weight averaging ------------------------------------------------------------------------------------------
-
-class RecordWeights(Callback):
-    def __init__(self):
-        self.after_step = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after_step.append(pl_module.net.head.fc2.weight.detach().clone())
-
 
 def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic_root):
     module = Classifier(MODEL, SGD, {})
