@@ -214,3 +214,19 @@ def test_ddp_on_two_cpu_processes_trains_and_tests_with_synced_metrics(synthetic
     assert metrics["test/acc"] == pytest.approx(single["test/acc"], abs=1e-6)
     assert metrics["test/loss"] == pytest.approx(single["test/loss"], abs=1e-5)
     assert os.path.getsize(run_dir / "checkpoints" / "last.ckpt") > 0
+
+
+def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_exits_143(larger_root, tmp_path):
+    """What `docker stop`, Kubernetes and a scheduler's preemption send: handled like Ctrl-C, and not a success."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(command(larger_root, f"hydra.run.dir={run_dir}"), env=offline_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+    interrupted, last = run_dir / "checkpoints" / "interrupted.ckpt", run_dir / "checkpoints" / "last.ckpt"
+    assert f"saved {interrupted}; resume from {last} with ckpt_path=last" in stdout
+    steps = [torch.load(path, weights_only=True)["global_step"] for path in (interrupted, last)]
+    assert steps[0] >= steps[1]  # the weights reached, and the last whole epoch
+    assert not (run_dir / "metrics.json").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.errors import ConfigError
 
@@ -27,12 +28,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class SaveOnInterrupt(pl.Callback):
-    """Ctrl-C (SIGINT) stops training cleanly: Lightning calls `on_exception`, which saves the weights reached so
-    far as checkpoints/interrupted.ckpt. last.ckpt, the end of the last full epoch, stays what `ckpt_path=last`
-    resumes from."""
+    """Ctrl-C (SIGINT) and SIGTERM (`docker stop`, Kubernetes, a scheduler's preemption) stop training cleanly:
+    Lightning calls `on_exception`, which saves the weights reached so far as checkpoints/interrupted.ckpt.
+    last.ckpt, the end of the last full epoch, stays what `ckpt_path=last` resumes from."""
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or trainer.checkpoint_callback is None:
+        stopped = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        if not stopped or trainer.checkpoint_callback is None:
             return
         folder = Path(trainer.checkpoint_callback.dirpath)
         trainer.save_checkpoint(folder / INTERRUPTED)

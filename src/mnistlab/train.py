@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.checkpoints import resume_checkpoint, unfinished_run
 from mnistlab.errors import ConfigError, MnistlabError
@@ -210,6 +211,9 @@ def hydra_main(cfg: DictConfig) -> float:
     """One run; returns the task's best validation value (task.metrics.best), what a sweep optimises."""
     try:
         return train(cfg)[cfg.task.metrics.best]
+    except SIGTERMException:
+        # Lightning stops at the next step and exits 0; a terminated job must not look like a finished one.
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         message = one_line(err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
