@@ -230,3 +230,19 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_exits_143(larger_root
     steps = [torch.load(path, weights_only=True)["global_step"] for path in (interrupted, last)]
     assert steps[0] >= steps[1]  # the weights reached, and the last whole epoch
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_second_process_cannot_write_a_live_run_folder(larger_root, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(command(larger_root, f"hydra.run.dir={run_dir}", "trainer.max_epochs=3"),
+                             env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", first)
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    second = subprocess.run(command(larger_root, f"hydra.run.dir={run_dir}", "ckpt_path=last"), env=offline_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stderr.strip() == (f"error: {run_dir} is in use by process {first.pid}: one run writes a run "
+                                     "folder at a time; wait for it to end, or give another hydra.run.dir")
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # nothing of the live run was touched
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and (run_dir / "metrics.json").is_file()

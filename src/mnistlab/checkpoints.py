@@ -1,6 +1,8 @@
-"""Work that survives a crash: checkpoints written atomically, a checkpoint on Ctrl-C, and finding the run that
-`ckpt_path=last` resumes."""
+"""Work that survives a crash: checkpoints written atomically, a checkpoint on Ctrl-C or SIGTERM, one writer per
+run folder, and finding the run that `ckpt_path=last` resumes."""
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -43,6 +45,36 @@ class SaveOnInterrupt(pl.Callback):
             resume = f"resume from {last} with ckpt_path=last" if last.is_file() else "no full epoch to resume from"
             print(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
                   f"{folder / INTERRUPTED}; {resume}", flush=True)
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: Path):
+    """Holds an exclusive lock on a run folder while the block runs: a second process that would write there (a
+    resume, the same hydra.run.dir) stops at once with one line naming the holder. The operating system drops the
+    lock when its process dies, so a lock left by a killed run never blocks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{folder} is in use by process {holder}: one run writes a run folder at a time; "
+                              "wait for it to end, or give another hydra.run.dir") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def check_not_in_use(folder: Path) -> None:
+    """The one-line error of run_folder_lock, before anything (Hydra's own files included) is written there."""
+    if (folder / LOCK).is_file():
+        with run_folder_lock(folder):
+            pass
 
 
 def unfinished_run(runs: Path) -> Path:

@@ -1,9 +1,11 @@
 """Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
 
+import contextlib
 import difflib
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,7 +27,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnistlab.checkpoints import resume_checkpoint, unfinished_run
+from mnistlab.checkpoints import check_not_in_use, resume_checkpoint, run_folder_lock, unfinished_run
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
@@ -143,13 +145,23 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
+def first_process() -> bool:
+    """Not one of the further processes of a multi-process (DDP) run, which share the first one's run folder."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit (or resume, with `ckpt_path`), then test the best checkpoint (the last, without validation) on the
-    official test set; returns the final metrics."""
+    official test set; returns the final metrics. The run folder is locked for the run's life."""
     check_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with run_folder_lock(run_dir) if first_process() else contextlib.nullcontext():
+        return fit_and_test(cfg, run_dir)
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
 
     parts = OmegaConf.to_container(cfg, resolve=True)
@@ -276,10 +288,13 @@ def precheck(args: list[str]) -> list[str]:
     except HydraException as err:
         raise ConfigError(one_line(err)) from None
     check_config(cfg)
+    folder = Path(cfg.hydra.run.dir)
     if cfg.get("ckpt_path") == "last" and not any(a.startswith("hydra.run.dir=") for a in args):
-        folder = unfinished_run(Path(cfg.hydra.run.dir).parent)
+        folder = unfinished_run(folder.parent)
         print(f"resuming {folder}")
         args = [*args, f"hydra.run.dir={folder}"]
+    if first_process():
+        check_not_in_use(folder)
     return args
 
 
