@@ -28,6 +28,7 @@ def table_rows(stdout: str) -> dict[str, tuple[str, ...]]:
     return {match[0]: match[1:] for match in ROW.findall(stdout)}
 
 
+@pytest.mark.slow
 def test_all_variants_report(synthetic_root, tmp_path):
     out = tmp_path / "bench.json"
     result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
@@ -56,6 +57,7 @@ def test_all_variants_report(synthetic_root, tmp_path):
         assert result["peak_memory_bytes"] > 0 and math.isfinite(result["train_images_per_second"])
 
 
+@pytest.mark.slow
 def test_synthetic_data_repeats_and_profile():
     """Without --data-root: synthetic data; a variant subset in the order asked; the profiler over a."""
     result = run_benchmark("--train-images", "400", "--val-size", "100", "--repeats", "2", "--variants", "c,b",
@@ -90,6 +92,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
      "error: data.val_size=0 must be between 1 and 399 here: the benchmark times epochs with validation "
      "(--val-size N sets it)\n"),
 ])
+@pytest.mark.slow
 def test_a_run_the_benchmark_cannot_time_is_one_line(synthetic_root, args, expected):
     result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--variants", "a", *args)
     assert result.returncode == 2, result.stderr[-3000:]

@@ -70,6 +70,7 @@ def test_unknown_group_choices_are_named(args, problem):
     assert found == problem if problem is None else problem in found
 
 
+@pytest.mark.slow
 def test_unknown_dataset_on_the_command_line_is_one_line_and_exit_2():
     result = subprocess.run([sys.executable, "train.py", "data=emnist"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
@@ -105,6 +106,7 @@ def test_a_trainer_typo_names_the_closest_argument(arg, says):
     assert str(info.value) == says
 
 
+@pytest.mark.slow
 def test_a_trainer_typo_is_one_line_from_train_py(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)

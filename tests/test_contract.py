@@ -37,6 +37,7 @@ def toy_run(tmp_path_factory, synthetic_root):
     return run(tmp_path, "toy", f"data.root={synthetic_root}", *TOY, "callbacks.embedding.num_images=20")
 
 
+@pytest.mark.slow
 def test_a_contract_network_trains_and_shows_its_backbone_in_tensorboard(toy_run):
     assert toy_run["epochs"] == 2 and toy_run["test/acc"] > 0.5  # the synthetic classes are easy
     events = EventAccumulator(str(toy_run["folder"] / "tensorboard"), size_guidance={"images": 0}).Reload()
@@ -47,6 +48,7 @@ def test_a_contract_network_trains_and_shows_its_backbone_in_tensorboard(toy_run
     assert len(metadata) == 20  # the projector: pre_logits of 20 validation images
 
 
+@pytest.mark.slow
 def test_the_tools_take_a_contract_network(toy_run, tmp_path, capsys):
     checkpoint = toy_run["best_checkpoint"]
     assert type(load_classifier(checkpoint, "ckpt_path").net).__name__ == "ToyNet"
@@ -68,6 +70,7 @@ def test_the_tools_take_a_contract_network(toy_run, tmp_path, capsys):
     assert f"{sum(p.numel() for p in load_classifier(checkpoint, 'ckpt_path').net.parameters()):,}" in table
 
 
+@pytest.mark.slow
 def test_transfer_and_distillation_take_a_contract_network(toy_run, tmp_path, synthetic_root):
     checkpoint = toy_run["best_checkpoint"]
     # Transfer: the toy's backbone into a toy with another head size; the head's last layer starts fresh.

@@ -24,6 +24,7 @@ def test_the_issue_lists_every_experiment():
     assert sorted([*listed, "bag_of_tricks_long", "mnist_best"]) == EXPERIMENTS
 
 
+@pytest.mark.slow
 def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
     sweep = tmp_path / "sweep"
     exclude = ",".join(NEEDS_A_CHECKPOINT)
@@ -65,6 +66,7 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
      "is the teacher)"),
     (["model.downsample=average"], "error: model.downsample='average' must be one of pool, stride"),
 ])
+@pytest.mark.slow
 def test_invalid_values_stop_before_training_with_one_line(tmp_path, synthetic_root, overrides, says):
     run_dir = tmp_path / "run"
     result = run_train(*overrides, f"data.root={synthetic_root}", *TINY, f"hydra.run.dir={run_dir}")

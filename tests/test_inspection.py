@@ -55,6 +55,7 @@ def grid_size(tiles: int, per_row: int, tile: int, padding: int = 2) -> tuple[in
     return rows * (tile + padding) + padding, columns * (tile + padding) + padding
 
 
+@pytest.mark.slow
 def test_scalars_cover_every_stage_calibration_and_each_class(inspected_run):
     _, events = inspected_run
     tags = set(events.Tags()["scalars"])
@@ -70,6 +71,7 @@ def test_scalars_cover_every_stage_calibration_and_each_class(inspected_run):
     assert abs(sum(per_class) / 10 - events.Scalars("val/acc")[-1].value) < 0.1
 
 
+@pytest.mark.slow
 def test_filter_and_feature_map_images_have_the_sizes_the_layers_imply(inspected_run):
     _, events = inspected_run
     images = set(events.Tags()["images"])
@@ -88,6 +90,7 @@ def test_filter_and_feature_map_images_have_the_sizes_the_layers_imply(inspected
     assert (batch.height, batch.width) == grid_size(tiles=64, per_row=8, tile=28 * 2)
 
 
+@pytest.mark.slow
 def test_histograms_exist_for_every_weight_and_its_gradient(inspected_run):
     _, events = inspected_run
     histograms = set(events.Tags()["histograms"])
@@ -98,6 +101,7 @@ def test_histograms_exist_for_every_weight_and_its_gradient(inspected_run):
         assert last.num == parameter.numel()
 
 
+@pytest.mark.slow
 def test_hparams_tab_holds_the_config_and_the_final_metrics(inspected_run):
     run_dir, events = inspected_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -115,6 +119,7 @@ def test_hparams_tab_holds_the_config_and_the_final_metrics(inspected_run):
         assert events.Scalars(tag)[-1].value == pytest.approx(metrics[tag], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_graph_and_projector_are_written(inspected_run):
     run_dir, events = inspected_run
     assert events.Tags()["graph"]
@@ -125,6 +130,7 @@ def test_graph_and_projector_are_written(inspected_run):
     assert len(metadata) == 50 and set(metadata) <= {str(digit) for digit in range(10)}
 
 
+@pytest.mark.slow
 def test_minimal_callbacks_write_no_images_and_change_no_result(tmp_path, synthetic_root, inspected_run):
     inspected_dir, _ = inspected_run
     run_dir = tmp_path / "run"
@@ -145,6 +151,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_run_over_http(inspected_run):
     run_dir, _ = inspected_run
     port = free_port()
@@ -227,6 +234,7 @@ def test_flatten_spells_keys_as_overrides():
                                                                               "e": [1, 2], "f": {}}
 
 
+@pytest.mark.slow
 def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_path):
     run_dir, _ = inspected_run
     out = tmp_path / "figures"

@@ -12,6 +12,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
                     reason=f"real Fashion-MNIST not found in {FASHION} (apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.slow
 def test_short_run_on_real_fashion_mnist_is_far_above_chance(tmp_path):
     run_dir = tmp_path / "run"
     result = run_train("data=fashion_mnist", f"data.root={FASHION}", "trainer.max_epochs=1",

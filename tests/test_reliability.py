@@ -59,12 +59,14 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
     (["callbacks.validation_analysis.figures_every_n_epochs=-1"],
      "callbacks.validation_analysis.figures_every_n_epochs=-1 must be an integer >= 0 (0 = never)"),
 ])
+@pytest.mark.slow
 def test_bad_configs_are_rejected_before_anything_is_built(overrides, message):
     with pytest.raises(ConfigError) as caught:
         precheck(overrides)
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_a_bad_config_writes_no_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     result = run_train("optimizer.lr=0", f"hydra.run.dir={run_dir}")
@@ -119,6 +121,7 @@ def reference_run(tmp_path_factory, larger_root) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_deterministic_runs_give_identical_metrics(reference_run, larger_root, tmp_path):
     again = tmp_path / "again"
     result = subprocess.run(command(larger_root, f"hydra.run.dir={again}"), env=offline_env(),
@@ -135,6 +138,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(reference_run, larger_root, tmp_path):
     # From a working folder of its own, as a user runs it: the run folder is logs/default/runs/<time>.
     process = subprocess.Popen(command(larger_root), cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE,
@@ -164,6 +168,7 @@ def test_ckpt_path_last_without_an_unfinished_run_is_one_line(tmp_path, syntheti
     assert result.stderr.strip().startswith("error: ckpt_path=last: no unfinished run to resume under logs/default")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(command(larger_root, f"hydra.run.dir={run_dir}"), env=offline_env(),
@@ -179,6 +184,7 @@ def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
 
 
 @pytest.mark.parametrize("val_size", [200, 0])  # 0: checkpoints follow the training epoch, not a validation
+@pytest.mark.slow
 def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, val_size):
     run_dir = tmp_path / "run"
     # A step schedule that multiplies the lr by 1e8 after the first epoch: the second epoch diverges. Logging
@@ -216,6 +222,7 @@ def test_ddp_on_two_cpu_processes_trains_and_tests_with_synced_metrics(synthetic
     assert os.path.getsize(run_dir / "checkpoints" / "last.ckpt") > 0
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_exits_143(larger_root, tmp_path):
     """What `docker stop`, Kubernetes and a scheduler's preemption send: handled like Ctrl-C, and not a success."""
     run_dir = tmp_path / "run"
@@ -232,6 +239,7 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_exits_143(larger_root
     assert not (run_dir / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_cannot_write_a_live_run_folder(larger_root, tmp_path):
     run_dir = tmp_path / "run"
     first = subprocess.Popen(command(larger_root, f"hydra.run.dir={run_dir}", "trainer.max_epochs=3"),

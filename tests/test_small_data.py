@@ -138,6 +138,7 @@ def test_not_learning_stop_fires_on_a_loss_above_chance(synthetic_root):
         fit_with_stop(synthetic_root, loss=2.6)
 
 
+@pytest.mark.slow
 def test_not_learning_stop_stays_quiet_on_a_loss_that_moved_and_on_real_training(synthetic_root):
     stop, trainer = fit_with_stop(synthetic_root, loss=2.2)
     assert trainer.current_epoch == 2 and stop.check_step == 30
@@ -145,6 +146,7 @@ def test_not_learning_stop_stays_quiet_on_a_loss_that_moved_and_on_real_training
     assert trainer.current_epoch == 2
 
 
+@pytest.mark.slow
 def test_a_dead_run_ends_in_one_line_naming_the_cure(tmp_path, synthetic_root):
     """A learning rate that kills every ReLU in the first steps: the run stops after its first epoch."""
     run_dir = tmp_path / "run"

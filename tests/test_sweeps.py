@@ -23,6 +23,7 @@ def report(sweep_dir) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_root):
     sweep = tmp_path / "grid"
     result = run_train("-m", "model.downsample=pool,stride", "optimizer.lr=0.05,0.1", f"data.root={synthetic_root}",
@@ -47,6 +48,7 @@ def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_ro
         assert chart.format == "PNG" and chart.width > 300 and chart.height > 100
 
 
+@pytest.mark.slow
 def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
     sweep = tmp_path / "sweep"
     result = run_train("-m", "model.downsample=bogus,pool", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}",
@@ -65,6 +67,7 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
             in printed.stdout)
 
 
+@pytest.mark.slow
 def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root):
     sweep = tmp_path / "optuna"
     searched = [o for o in QUICK if not o.startswith("data.batch_size=")]  # a fixed value would replace the search
@@ -83,6 +86,7 @@ def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root
         assert 0.005 <= config["optimizer"]["lr"] <= 0.3 and config["data"]["batch_size"] in (32, 64, 128, 256)
 
 
+@pytest.mark.slow
 def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_path, synthetic_root):
     sweep = tmp_path / "optuna"
     result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", f"data.root={synthetic_root}",
@@ -94,6 +98,7 @@ def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_pa
     assert not (sweep / "0" / "checkpoints").exists(), result.stderr[-3000:]  # refused before training
 
 
+@pytest.mark.slow
 def test_the_ablation_script_runs_each_experiment_over_seeds_and_reports(tmp_path, synthetic_root):
     sweep = tmp_path / "ablation"
     result = subprocess.run([sys.executable, "scripts/ablation.py", "--seeds", "2", "--experiments", "baseline,bn",
@@ -160,6 +165,7 @@ def test_report_of_an_empty_folder_is_one_line(tmp_path):
                                      "is it a multirun folder?")
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_processes(tmp_path, synthetic_root):
     sweep = tmp_path / "parallel"
     result = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",

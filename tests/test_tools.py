@@ -58,6 +58,7 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
     return {line.split()[0]: line for line in lines[header + 1 :] if line.strip()}
 
 
+@pytest.mark.slow
 def test_inspect_walks_the_seed_shapes_with_parameter_formulas():
     result = tool("mnistlab-inspect")
     assert result.returncode == 0, result.stderr
@@ -96,6 +97,7 @@ def test_inspect_stride_and_pool_variants_have_the_same_shapes():
     assert tail[0] == tail[1] == [[4, 800], [4, 500], [4, 10]]
 
 
+@pytest.mark.slow
 def test_inspect_takes_train_overrides_and_rejects_bad_ones():
     result = tool("mnistlab-inspect", "model.downsample=stride", "model.batch_norm=true", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
@@ -109,6 +111,7 @@ def test_inspect_takes_train_overrides_and_rejects_bad_ones():
 
 # --- conv_basics ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_conv_basics_runs_the_seed_demos_on_a_real_image(tmp_path, synthetic_root):
     out = tmp_path / "figures"
     result = subprocess.run([sys.executable, "scripts/conv_basics.py", "--data-root", str(synthetic_root),
@@ -138,6 +141,7 @@ def test_conv_basics_math():
     assert seen.shape == (5, 5) and seen.sum() == 9 and seen[::2, ::2].all()
 
 
+@pytest.mark.slow
 def test_conv_basics_without_images_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "scripts/conv_basics.py", "--data-root", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -146,6 +150,7 @@ def test_conv_basics_without_images_is_one_line(tmp_path):
 
 # --- mnistlab-eval --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_reproduces_the_metrics_training_reported(trained, tmp_path):
     checkpoint, metrics = trained
     out = tmp_path / "eval.json"
@@ -158,6 +163,7 @@ def test_eval_reproduces_the_metrics_training_reported(trained, tmp_path):
     assert f"test/acc    {evaluated['test/acc']:.4f}" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_on_another_folder_needs_only_its_test_files(trained, tmp_path):
     checkpoint, _ = trained
     other = write_synthetic_dataset(tmp_path / "other", n_train=10, n_test=120, seed=7)
@@ -172,6 +178,7 @@ def test_eval_on_another_folder_needs_only_its_test_files(trained, tmp_path):
     assert evaluated["images"] == 120 and abs(weighted - evaluated["test/acc"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_eval_takes_a_data_group_choice_as_train_py_does(trained, tmp_path, synthetic_root):
     checkpoint, _ = trained
     out = tmp_path / "fashion.json"
@@ -185,6 +192,7 @@ def test_eval_takes_a_data_group_choice_as_train_py_does(trained, tmp_path, synt
                           "unknown data 'emnist' (override data=emnist); choose one of: fashion_mnist, kmnist, mnist")
 
 
+@pytest.mark.slow
 def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
     checkpoint, _ = trained
     saved = torch.load(checkpoint, weights_only=True)
@@ -217,6 +225,7 @@ def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
     assert alone.returncode == 0 and f"checkpoint  {checkpoint}\n" in alone.stdout
 
 
+@pytest.mark.slow
 def test_eval_bad_checkpoints_are_one_line(trained, tmp_path):
     checkpoint, _ = trained
     truncated = tmp_path / "truncated.ckpt"
@@ -239,6 +248,7 @@ def test_eval_bad_checkpoints_are_one_line(trained, tmp_path):
 
 # --- mnistlab-predict -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_reads_any_size_and_polarity(trained, synthetic_root, tmp_path):
     checkpoint, _ = trained
     images = read_idx(synthetic_root / "t10k-images-idx3-ubyte.gz")[:4].numpy()
@@ -275,6 +285,7 @@ def test_fit_to_frame_centres_the_ink_like_mnist():
     assert abs(centre[0] - 13.5) <= 0.5 and abs(centre[1] - 13.5) <= 0.5
 
 
+@pytest.mark.slow
 def test_predict_bad_images_are_one_line(trained, tmp_path):
     checkpoint, _ = trained
     broken = tmp_path / "broken.png"
@@ -288,6 +299,7 @@ def test_predict_bad_images_are_one_line(trained, tmp_path):
 
 # --- mnistlab-export ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_round_trips_every_format(trained, tmp_path):
     checkpoint, _ = trained
     result = tool("mnistlab-export", f"ckpt_path={checkpoint}", f"out={tmp_path}")
@@ -310,6 +322,7 @@ def test_export_round_trips_every_format(trained, tmp_path):
         assert logits.shape == (5, 10) and torch.allclose(logits, expected, atol=1e-4), name
 
 
+@pytest.mark.slow
 def test_export_rejects_unknown_formats(trained):
     checkpoint, _ = trained
     assert_one_line_error(tool("mnistlab-export", f"ckpt_path={checkpoint}", "formats=[tflite]"), "tflite",

@@ -15,6 +15,7 @@ from mnistlab.module import load_classifier, load_datamodule
 from .conftest import FAST, REPO, offline_env, run_train
 
 
+@pytest.mark.slow
 def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     result = run_train("+experiment=baseline", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST)
@@ -57,6 +58,7 @@ def checkpoint_test_accuracy(checkpoint: Path) -> float:
     return correct / len(data.splits["test"][1])
 
 
+@pytest.mark.slow
 def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_weights(tmp_path, synthetic_root):
     """The final fit once a recipe is chosen: no validation, the last epoch's checkpoint (the EMA weights) is the
     one tested, and the views that need no validation split still run."""
@@ -90,6 +92,7 @@ def test_val_size_0_trains_on_every_image_and_tests_the_last_epochs_averaged_wei
     assert len(metadata) == 16  # the embedding, of training images
 
 
+@pytest.mark.slow
 def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthetic_root):
     """Lightning's SWA adds the weights to its average at the start of each epoch from swa_epoch_start - 1 on
     (here, the weights after epochs 0, 1 and 2) and puts the average into the model only when training ends:
@@ -175,6 +178,7 @@ def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root
         "MisconfigurationException('No supported gpu backend found!') full_key: trainer")
 
 
+@pytest.mark.slow
 def test_compile_trains_the_compiled_network_and_saves_plain_checkpoints(tmp_path, synthetic_root):
     """compile=true on the CPU: the run completes with the default callbacks (the graph trace included), learns, and its
     checkpoint has the plain network's keys, so eval, predict, export and transfer load it unchanged."""
