@@ -160,6 +160,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
+    """The run itself, in its locked folder: fit, test the chosen weights, write and print the metrics."""
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
