@@ -34,7 +34,7 @@ def main() -> None:
                f"hydra.sweep.dir={out}", *args.overrides]
     print(" ".join(command), flush=True)
     sweep = subprocess.run(command, cwd=REPO)
-    report = subprocess.run([sys.executable, "-m", "mnistlab.report", str(out)], cwd=REPO)
+    report = subprocess.run([sys.executable, "-m", "mnistlab.tools.report", str(out)], cwd=REPO)
     sys.exit(sweep.returncode or report.returncode)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnistlab.report import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
+from mnistlab.tools.report import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
 
 
 def curve(sweep: Path) -> list[tuple[str, list[float], int]]:
@@ -87,7 +87,7 @@ def main() -> None:
                f"hydra.sweep.dir={out}", *args.overrides]
     print(" ".join(command), flush=True)
     sweep = subprocess.run(command, cwd=REPO)
-    report = subprocess.run([sys.executable, "-m", "mnistlab.report", str(out)], cwd=REPO, capture_output=True)
+    report = subprocess.run([sys.executable, "-m", "mnistlab.tools.report", str(out)], cwd=REPO, capture_output=True)
     points = curve(out)
     text = table(points)
     (out / "learning_curve.md").write_text(text)

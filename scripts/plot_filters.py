@@ -14,9 +14,10 @@ from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mnistlab.checkpoints import load_datamodule
 from mnistlab.errors import MnistlabError
 from mnistlab.inspection import backbone_convolutions, feature_map_grids, filter_grids
-from mnistlab.module import load_classifier, load_datamodule
+from mnistlab.tasks.classification import load_classifier
 
 
 def main() -> None:

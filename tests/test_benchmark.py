@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from mnistlab.benchmark import main
+from mnistlab.tools.benchmark import main
 
 from .conftest import REPO, offline_env
 

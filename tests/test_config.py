@@ -6,10 +6,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides, unknown_choice
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
-from mnistlab.model import SeedNet
-from mnistlab.train import CONFIG_DIR, compose_run_config, device_for_job, spell_trainer_overrides, unknown_choice
+from mnistlab.models import SeedNet
+from mnistlab.train import device_for_job
 
 from .conftest import REPO
 

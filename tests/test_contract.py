@@ -9,12 +9,13 @@ from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.evaluate import evaluate
-from mnistlab.export import export
-from mnistlab.module import load_classifier
-from mnistlab.predict import predict
-from mnistlab.summary import main as inspect_main
-from mnistlab.train import compose_run_config, train
+from mnistlab.config import compose_run_config
+from mnistlab.tasks.classification import load_classifier
+from mnistlab.tools.evaluate import evaluate
+from mnistlab.tools.export import export
+from mnistlab.tools.inspect_model import main as inspect_main
+from mnistlab.tools.predict import predict
+from mnistlab.train import train
 
 from .conftest import FAST
 

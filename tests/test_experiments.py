@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from mnistlab.train import CONFIG_DIR
+from mnistlab.config import CONFIG_DIR
 
 from .conftest import REPO, offline_env, run_train
 

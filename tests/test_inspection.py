@@ -16,6 +16,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from mnistlab.config import compose_run_config
 from mnistlab.inspection import (
     ValidationAnalysis,
     backbone_convolutions,
@@ -27,8 +28,7 @@ from mnistlab.inspection import (
     mistakes_figure,
     tile_grid,
 )
-from mnistlab.model import SeedNet
-from mnistlab.train import compose_run_config
+from mnistlab.models import SeedNet
 
 from .conftest import FAST, REPO, run_train
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnistlab.model import SeedNet
+from mnistlab.models import SeedNet
 
 
 def test_seed_network_has_the_seed_layers_and_431080_parameters():

@@ -4,9 +4,9 @@ import pytorch_lightning as pl
 import torch
 
 from mnistlab.data import MNISTDataModule
-from mnistlab.module import Classifier
+from mnistlab.tasks.classification import Classifier
 
-MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
+MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}
 
 

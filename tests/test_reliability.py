@@ -16,9 +16,9 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from mnistlab.checkpoints import AtomicCheckpointIO
 from mnistlab.errors import ConfigError
-from mnistlab.evaluate import evaluate
-from mnistlab.module import load_classifier
 from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.tasks.classification import load_classifier
+from mnistlab.tools.evaluate import evaluate
 from mnistlab.train import precheck
 
 from .conftest import FAST, REPO, offline_env, run_train
@@ -53,7 +53,7 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
     (["tricks.init_from=nope.ckpt"], "tricks.init_from=nope.ckpt: no such checkpoint file"),
     (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
     (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
-    (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.module.Classifier takes "),
+    (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.tasks.classification.Classifier takes "),
     (["+optimizer.betas=[0.9,0.99]"], "unknown key optimizer.betas: torch.optim.SGD takes "),
     (["compile=1"], "compile=1 must be true, false or one of default, reduce-overhead"),
     (["callbacks.validation_analysis.figures_every_n_epochs=-1"],

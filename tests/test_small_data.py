@@ -14,14 +14,14 @@ from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
 from mnistlab.callbacks import EMA, StopIfNotLearning
+from mnistlab.config import compose_run_config
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError, NotLearningError
-from mnistlab.module import Classifier
-from mnistlab.train import compose_run_config
+from mnistlab.tasks.classification import Classifier
 
 from .conftest import FAST, REPO, RecordWeights, offline_env, run_train
 
-MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
+MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mnistlab.report import collect, columns, markdown, rows
+from mnistlab.tools.report import collect, columns, markdown, rows
 
 from .conftest import FAST, REPO, offline_env, run_train
 
@@ -19,8 +19,8 @@ QUICK = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "callba
 
 
 def report(sweep_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistlab.report", str(sweep_dir)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "mnistlab.tools.report", str(sweep_dir)], capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.mark.slow

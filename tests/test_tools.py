@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistlab.conv_basics import receptive_field, true_convolution
+from mnistlab.checkpoints import load_datamodule
 from mnistlab.idx import read_idx
-from mnistlab.model import SeedNet
-from mnistlab.module import load_classifier, load_datamodule
-from mnistlab.predict import fit_to_frame
-from mnistlab.summary import layer_table
+from mnistlab.models import SeedNet
 from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.tasks.classification import load_classifier
+from mnistlab.tools.conv_basics import receptive_field, true_convolution
+from mnistlab.tools.inspect_model import layer_table
+from mnistlab.tools.predict import fit_to_frame
 
 from .conftest import FAST, REPO, offline_env, run_train
 
@@ -307,7 +308,6 @@ def test_export_round_trips_every_format(trained, tmp_path):
     assert len(result.stdout.strip().splitlines()) == 3
     import onnxruntime
 
-    from mnistlab.module import load_classifier, load_datamodule
     module, data = load_classifier(checkpoint, "ckpt_path").eval(), load_datamodule(checkpoint, {})
     pixels = torch.rand(5, 1, 28, 28)  # a batch size other than the one traced
     with torch.no_grad():

@@ -10,7 +10,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.module import load_classifier, load_datamodule
+from mnistlab.checkpoints import load_datamodule
+from mnistlab.tasks.classification import load_classifier
 
 from .conftest import FAST, REPO, offline_env, run_train
 
@@ -134,7 +135,7 @@ def test_console_script_finds_the_configs_from_any_folder(tmp_path):
     result = subprocess.run([str(script), "+experiment=baseline", "--cfg", "job"], cwd=tmp_path,
                             capture_output=True, text=True, env=offline_env())
     assert result.returncode == 0, result.stderr
-    assert "name: baseline" in result.stdout and "_target_: mnistlab.model.SeedNet" in result.stdout
+    assert "name: baseline" in result.stdout and "_target_: mnistlab.models.SeedNet" in result.stdout
 
 
 def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):

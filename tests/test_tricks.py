@@ -9,14 +9,15 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
+from mnistlab.checkpoints import existing_checkpoint
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
-from mnistlab.model import SeedNet
-from mnistlab.module import Classifier, load_classifier
+from mnistlab.models import SeedNet
+from mnistlab.tasks.classification import Classifier, load_classifier
 
 from .conftest import RecordWeights
 
-MODEL = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10}
+MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
 
@@ -366,7 +367,7 @@ def test_a_list_where_one_checkpoint_is_taken_is_one_line():
     with pytest.raises(ConfigError, match=r"^tricks.init_from=\['a.ckpt'\] must be null or one checkpoint path$"):
         Classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
     with pytest.raises(ConfigError, match=r"^ckpt_path=\['a.ckpt', 'b.ckpt'\]: takes one checkpoint path$"):
-        tricks.existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
+        existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
 
 
 def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_source(tmp_path):

@@ -3,14 +3,23 @@ run folder, and finding the run that `ckpt_path=last` resumes."""
 
 import contextlib
 import fcntl
+import inspect
 import os
+import pickle
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
 from lightning_fabric.plugins import TorchCheckpointIO
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
+from mnistlab.models.contract import current_target
+from mnistlab.models.ensemble import Ensemble
+from mnistlab.tools.cli import parse_value
 
 LAST = "last.ckpt"
 INTERRUPTED = "interrupted.ckpt"
@@ -95,3 +104,101 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
     return str(path)
+
+
+# Reading checkpoints back: for the tools, a teacher, a transfer.
+
+
+def teacher_checkpoints(distill_teacher: str | list[str] | None) -> list[str]:
+    """tricks.distill_teacher as a list: one checkpoint, or the members of an ensemble."""
+    return [distill_teacher] if isinstance(distill_teacher, str) else list(distill_teacher or [])
+
+
+def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
+    """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
+    if not isinstance(checkpoint, str | Path):
+        raise ConfigError(f"{what}={checkpoint}: takes one checkpoint path")
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{what}={checkpoint}: no such checkpoint file")
+    return path
+
+
+def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
+    path = existing_checkpoint(checkpoint, what)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:
+        raise ConfigError(f"{what}={checkpoint}: not a readable Lightning checkpoint ({err})") from None
+    return {name.removeprefix("net."): tensor for name, tensor in state.items() if name.startswith("net.")}
+
+
+def load_network(checkpoint: str | Path, what: str) -> torch.nn.Module:
+    """A trained network alone (on the CPU, in eval mode), rebuilt from the model config saved with its weights;
+    `what` names the setting that pointed at the checkpoint. Bad files end in one ConfigError line."""
+    path = existing_checkpoint(checkpoint, what)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = instantiate(current_target(saved["hyper_parameters"]["model"]))
+        net.load_state_dict({name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
+                             if name.startswith("net.")})
+    except Exception as err:
+        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+    return net.eval()
+
+
+def unreadable_reason(err: Exception) -> str:
+    """Why a checkpoint did not load, in one line."""
+    text = str(err)
+    if "loading state_dict" in text:  # the saved model config rebuilds a network its weights do not fit
+        details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
+        details = details if len(details) <= 240 else details[:240] + " ..."
+        return f"its weights do not fit the model config saved with them ({details})"
+    if isinstance(err, KeyError):
+        return f"not a mnistlab checkpoint (no {err} entry)"
+    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:
+        return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
+    return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
+
+
+def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTDataModule:
+    """The data a checkpoint was trained on (its data module's settings are saved in it), with `data.KEY=VALUE`
+    overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
+    `.std`). Downloading stays off unless `data.download=true`."""
+    path = existing_checkpoint(checkpoint, "ckpt_path")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
+    except Exception as err:
+        raise ConfigError(f"ckpt_path={checkpoint}: {unreadable_reason(err)}") from None
+    run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
+    if saved is None and run_config.is_file():
+        data = OmegaConf.load(run_config).data
+        saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
+                 for key in data if key != "_target_"}
+    defaults = {name: p.default for name, p in inspect.signature(MNISTDataModule).parameters.items()}
+    settings = {**defaults, **(saved or {}), "download": False}
+    for key, text in overrides.items():
+        name = key.removeprefix("data.")
+        if name not in defaults or name in ("augment", "recipe_augment"):
+            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
+            raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
+        try:
+            settings[name] = parse_value(text, defaults[name])
+        except ValueError as err:
+            raise ConfigError(f"{key}={text}: {name} takes {type(defaults[name]).__name__} values ({err})") from None
+    return MNISTDataModule(**settings)
+
+
+def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Module:
+    """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation; from a list of
+    checkpoints, their ensemble (the networks may differ in size)."""
+    nets = []
+    for checkpoint in teacher_checkpoints(checkpoints):
+        net = load_network(checkpoint, "tricks.distill_teacher")
+        if net.num_classes != num_classes:
+            raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.num_classes} "
+                              f"classes, this run {num_classes}")
+        nets.append(net)
+    teacher = nets[0] if len(nets) == 1 else Ensemble(nets)
+    return teacher.eval().requires_grad_(False)

@@ -1,8 +1,6 @@
 """Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
 
 import contextlib
-import difflib
-import inspect
 import json
 import logging
 import os
@@ -16,31 +14,21 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.checkpoints import check_not_in_use, resume_checkpoint, run_folder_lock, unfinished_run
+from mnistlab.config import CONFIG_DIR, compose_run_config, one_line, spell_trainer_overrides, unknown_choice
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
 from mnistlab.validation import check_config
 
-
-def find_config_dir() -> Path:
-    """The Hydra configs: shipped inside an installed wheel, or the repository's configs/ in a checkout."""
-    packaged = Path(__file__).parent / "configs"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "configs"
-
-
-CONFIG_DIR = find_config_dir()
 log = logging.getLogger(__name__)
 # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -59,59 +47,6 @@ def _device_for_this_job() -> int | list[int]:
 
 OmegaConf.register_new_resolver("device_for_job", _device_for_this_job, replace=True)
 OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
-
-
-def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
-    """One line naming a config-group choice that has no file (`data=emnist`), or None.
-
-    Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
-    """
-    try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
-    except Exception:
-        return None  # not ours to judge: Hydra reports syntax errors itself
-    for override in overrides:
-        group = config_dir / override.key_or_group
-        if override.is_delete() or not group.is_dir():
-            continue
-        value = override.value()
-        if isinstance(value, ChoiceSweep):
-            choices = list(override.sweep_string_iterator())
-        elif isinstance(value, str):
-            choices = [value]
-        else:
-            continue  # glob(...) and ranges: Hydra expands those against the folder
-        options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
-        for choice in choices:
-            if choice not in options:
-                return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
-                        f"choose one of: {', '.join(options)}")
-    return None
-
-
-def trainer_options() -> list[str]:
-    """Every argument of Lightning's Trainer: each may be set as `trainer.NAME=VALUE`."""
-    return [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
-
-
-def spell_trainer_overrides(args: list[str]) -> list[str]:
-    """`trainer.NAME=VALUE` for any Trainer argument, whether configs/trainer lists it or not (Hydra would want
-    `+trainer.NAME` for one it does not): such overrides become `++trainer.NAME=VALUE`, set or added. A name the
-    Trainer does not take is one line naming the closest that it does."""
-    options, spelled = trainer_options(), []
-    for arg in args:
-        key, equals, value = arg.partition("=")
-        if not equals or not key.startswith("trainer.") or arg.startswith("-"):
-            spelled.append(arg)
-            continue
-        name = key.removeprefix("trainer.").split(".")[0]
-        if name not in options:
-            close = difflib.get_close_matches(name, options, n=1)
-            allowed = (f"did you mean trainer.{close[0]}?" if close
-                       else f"Lightning's Trainer takes {', '.join(options)}")
-            raise ConfigError(f"unknown key trainer.{name} in {arg!r}: {allowed}")
-        spelled.append(f"++{key}={value}")
-    return spelled
 
 
 def checkpoint_without_validation(callback: DictConfig, val_size: int | None) -> dict:
@@ -238,12 +173,6 @@ def hydra_main(cfg: DictConfig) -> float:
         raise
 
 
-def one_line(err: Exception) -> str:
-    if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
-        err = err.__cause__  # raised by our code inside a Hydra-instantiated target
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-
-
 def record_failure(message: str, mode: str) -> float:
     """A failed sweep job: failure.json in its folder (mnistlab-report lists it), the traceback in its log, and
     the worst value of the objective (max or min `mode`), so the sweep and an Optuna search go on."""
@@ -255,30 +184,6 @@ def record_failure(message: str, mode: str) -> float:
     log.error(failure["traceback"])
     print(f"error: job {job.job.num} failed, the sweep goes on: {message}", file=sys.stderr)
     return float("-inf") if mode == "max" else float("inf")
-
-
-def compose_run_config(args: list[str], output_dir: str | None = None) -> DictConfig:
-    """The config a single run of `args` will get, with Hydra's own settings in place so that `${hydra:...}`
-    resolves; the run folder is `output_dir`, or hydra.run.dir as Hydra would make it."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=spell_trainer_overrides(args), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = output_dir or cfg.hydra.run.dir
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
-DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")
-
-
-def dataset_settings(choice: str) -> dict[str, str]:
-    """What makes the dataset of `data=CHOICE` itself (DATASET_KEYS, as `data.KEY` override text): for a tool that
-    takes the rest of its data settings (the folder, batch sizes) from a checkpoint."""
-    problem = unknown_choice([f"data={choice}"])
-    if problem:
-        raise ConfigError(problem)
-    data = compose_run_config([f"data={choice}"]).data
-    return {f"data.{key}": str(data[key]) for key in DATASET_KEYS}
 
 
 def precheck(args: list[str]) -> list[str]:

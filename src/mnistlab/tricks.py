@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
+from mnistlab.checkpoints import load_net_state
 from mnistlab.errors import ConfigError
-from mnistlab.model import rename_legacy_keys
+from mnistlab.models.contract import rename_legacy_keys
 
 LINEAR_SCALING_REFERENCE_BATCH = 256  # the paper's rule: lr = base_lr * batch / 256
 
@@ -59,48 +60,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1), log_target=True, reduction="batchmean")
     return (1 - weight) * hard_loss + weight * temperature**2 * soft
-
-
-class Ensemble(nn.Module):
-    """Several networks as one: a teacher ensemble distilled into a single network (Hinton et al. section 3), or
-    checkpoints scored together by mnistlab-eval.
-
-    Their logits are averaged, so distillation_loss is unchanged: softmax(mean logits / T) is the normalised
-    geometric mean of the members' tempered distributions. A member with larger logits (one trained without label
-    smoothing, say) weighs more in that mean.
-    """
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(0)
-
-
-def teacher_checkpoints(distill_teacher: str | list[str] | None) -> list[str]:
-    """tricks.distill_teacher as a list: one checkpoint, or the members of an ensemble."""
-    return [distill_teacher] if isinstance(distill_teacher, str) else list(distill_teacher or [])
-
-
-def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
-    """The checkpoint's path, or a ConfigError naming the setting `what` that pointed at nothing."""
-    if not isinstance(checkpoint, str | Path):
-        raise ConfigError(f"{what}={checkpoint}: takes one checkpoint path")
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{what}={checkpoint}: no such checkpoint file")
-    return path
-
-
-def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
-    path = existing_checkpoint(checkpoint, what)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:
-        raise ConfigError(f"{what}={checkpoint}: not a readable Lightning checkpoint ({err})") from None
-    return {name.removeprefix("net."): tensor for name, tensor in state.items() if name.startswith("net.")}
 
 
 def transfer_weights(net: nn.Module, checkpoint: str | Path, freeze_conv: bool) -> list[str]:

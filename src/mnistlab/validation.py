@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from mnistlab.checkpoints import existing_checkpoint, teacher_checkpoints
 from mnistlab.errors import ConfigError
-from mnistlab.tricks import existing_checkpoint, teacher_checkpoints
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistlab.cli import REQUIRED, parse_args, run_tool
+from mnistlab.checkpoints import load_datamodule, load_network
 from mnistlab.errors import ConfigError
-from mnistlab.module import load_classifier, load_datamodule
+from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "torch_export": ".pt2"}
 OPTIONS = {"ckpt_path": REQUIRED, "formats": list(FORMATS), "out": ""}
@@ -89,10 +89,10 @@ def export(checkpoint: str, formats: list[str], out: str = "") -> list[dict]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(f"formats={formats}: choose from {', '.join(FORMATS)}")
-    module = load_classifier(checkpoint, "ckpt_path")
+    net = load_network(checkpoint, "ckpt_path")
     data = load_datamodule(checkpoint, {})
-    model = PixelClassifier(module.net, data.mean, data.std).eval()
-    shape = module.net.input_shape
+    model = PixelClassifier(net, data.mean, data.std).eval()
+    shape = net.input_shape
     example, check = torch.rand(2, *shape), torch.rand(7, *shape, generator=torch.Generator().manual_seed(0))
     folder = Path(out) if out else Path(checkpoint).parent
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,6 @@
 """The seed document's CNN: conv(5x5) -> ReLU -> max-pool, twice, then two linear layers; plus the
 architecture tricks the seed asks about (bias=False + BatchNorm, stride versus pool, kernel size, dilation).
-
-Every network in mnistlab follows one contract, so that code outside a model never names its layers:
-
-- `backbone`: images [N, C, H, W] -> feature maps [N, C', H', W'] (what transfer learning copies and freezes,
-  and what the filter and feature-map views show: its convolutions);
-- `head`: feature maps -> logits [N, num_classes], whose last layer is a Linear;
-- `pre_logits(x)`: the head's input to that last layer, [N, D] (distillation's and the projector's features);
-- `num_classes` and `input_shape` (C, H, W) attributes.
+It follows the network contract of models/contract.py.
 """
 
 from collections import OrderedDict
@@ -17,18 +10,9 @@ import torch
 from torch import nn
 
 from mnistlab.errors import ConfigError
+from mnistlab.models.contract import rename_legacy_keys
 
 DOWNSAMPLING = ("pool", "stride")
-
-
-def rename_legacy_keys(state: dict, renames: dict[str, str], prefix: str = "") -> None:
-    """Rename, in place, the keys of a state dict saved before a network took the contract's shape:
-    `prefix + old` -> `prefix + new` for each (old, new) of `renames`, so old checkpoints keep loading."""
-    for key in list(state):
-        for old, new in renames.items():
-            if key.startswith(prefix + old):
-                state[prefix + new + key[len(prefix + old):]] = state.pop(key)
-                break
 
 
 class SeedNet(nn.Module):

@@ -39,12 +39,13 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnistlab.config import compose_run_config
 from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.idx import read_idx, write_idx
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.synthetic import write_synthetic_dataset
-from mnistlab.train import build_run, compose_run_config
+from mnistlab.train import build_run
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.

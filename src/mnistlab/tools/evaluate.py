@@ -23,12 +23,13 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnistlab.cli import REQUIRED, parse_args, run_tool
+from mnistlab.checkpoints import load_datamodule
+from mnistlab.config import dataset_settings
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
-from mnistlab.module import Classifier, load_classifier, load_datamodule
-from mnistlab.train import dataset_settings
-from mnistlab.tricks import Ensemble
+from mnistlab.models.ensemble import Ensemble
+from mnistlab.tasks.classification import Classifier, load_classifier
+from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
 
 OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json": ""}
 

@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from mnistlab.config import CONFIG_DIR, one_line, unknown_choice
 from mnistlab.errors import MnistlabError
-from mnistlab.train import CONFIG_DIR, one_line, unknown_choice
 
 
 def describe(module: nn.Module) -> tuple[str, str, int, int]:

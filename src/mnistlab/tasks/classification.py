@@ -1,7 +1,5 @@
 """The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
 
-import inspect
-import pickle
 import random
 from pathlib import Path
 
@@ -10,14 +8,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import tricks
-from mnistlab.cli import parse_value
-from mnistlab.data import MNISTDataModule
+from mnistlab.checkpoints import existing_checkpoint, load_teacher, unreadable_reason
 from mnistlab.errors import ConfigError, NonFiniteLossError
+from mnistlab.models.contract import current_target
 from mnistlab.validation import check_values
 
 
@@ -44,7 +41,7 @@ class Classifier(pl.LightningModule):
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
-        self.net = instantiate(model)
+        self.net = instantiate(current_target(model))
         # One input batch: Lightning's model summary shows each layer's in/out sizes with it.
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:
@@ -215,7 +212,7 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     """A trained Classifier (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
     Missing, corrupt and mismatched files end in one ConfigError line. Its hparams read no teacher and no transfer
     source: the saved weights already hold what they gave."""
-    path = tricks.existing_checkpoint(checkpoint, what)
+    path = existing_checkpoint(checkpoint, what)
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
         # needed (they may be gone).
@@ -223,59 +220,3 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
                                                freeze_conv=False)
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
-
-
-def unreadable_reason(err: Exception) -> str:
-    """Why a checkpoint did not load, in one line."""
-    text = str(err)
-    if "loading state_dict" in text:  # the saved model config rebuilds a network its weights do not fit
-        details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
-        details = details if len(details) <= 240 else details[:240] + " ..."
-        return f"its weights do not fit the model config saved with them ({details})"
-    if isinstance(err, KeyError):
-        return f"not a mnistlab checkpoint (no {err} entry)"
-    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:
-        return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
-    return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
-
-
-def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTDataModule:
-    """The data a checkpoint was trained on (its data module's settings are saved in it), with `data.KEY=VALUE`
-    overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
-    `.std`). Downloading stays off unless `data.download=true`."""
-    path = tricks.existing_checkpoint(checkpoint, "ckpt_path")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
-    except Exception as err:
-        raise ConfigError(f"ckpt_path={checkpoint}: {unreadable_reason(err)}") from None
-    run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
-    if saved is None and run_config.is_file():
-        data = OmegaConf.load(run_config).data
-        saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
-                 for key in data if key != "_target_"}
-    defaults = {name: p.default for name, p in inspect.signature(MNISTDataModule).parameters.items()}
-    settings = {**defaults, **(saved or {}), "download": False}
-    for key, text in overrides.items():
-        name = key.removeprefix("data.")
-        if name not in defaults or name in ("augment", "recipe_augment"):
-            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
-            raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
-        try:
-            settings[name] = parse_value(text, defaults[name])
-        except ValueError as err:
-            raise ConfigError(f"{key}={text}: {name} takes {type(defaults[name]).__name__} values ({err})") from None
-    return MNISTDataModule(**settings)
-
-
-def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Module:
-    """A frozen network in eval mode from an earlier run's checkpoint, for knowledge distillation; from a list of
-    checkpoints, their ensemble (the networks may differ in size)."""
-    nets = []
-    for checkpoint in tricks.teacher_checkpoints(checkpoints):
-        net = load_classifier(checkpoint, "tricks.distill_teacher").net
-        if net.num_classes != num_classes:
-            raise ConfigError(f"tricks.distill_teacher={checkpoint}: the teacher predicts {net.num_classes} "
-                              f"classes, this run {num_classes}")
-        nets.append(net)
-    teacher = nets[0] if len(nets) == 1 else tricks.Ensemble(nets)
-    return teacher.eval().requires_grad_(False)

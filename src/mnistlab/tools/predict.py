@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from mnistlab.cli import REQUIRED, parse_args, run_tool
+from mnistlab.checkpoints import load_datamodule, load_network
 from mnistlab.errors import ConfigError
-from mnistlab.module import load_classifier, load_datamodule
+from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
 
 OPTIONS = {"ckpt_path": REQUIRED, "images": REQUIRED, "invert": "auto", "fit": "ink", "top": 3}
 INVERT_CHOICES = ("auto", "true", "false")
@@ -87,14 +87,14 @@ def predict(checkpoint: str, paths: list[str], invert: str = "auto", fit: str = 
         raise ConfigError(f"fit={fit}: choose one of {', '.join(FIT_CHOICES)}")
     if not paths:
         raise ConfigError("images=[] names no image: give one or more files, e.g. images=[a.png,b.jpg]")
-    module = load_classifier(checkpoint, "ckpt_path").eval()
+    net = load_network(checkpoint, "ckpt_path")
     data = load_datamodule(checkpoint, {})
     if not 1 <= top <= data.num_classes:
         raise ConfigError(f"top={top}: must be between 1 and the {data.num_classes} classes")
     prepared = [prepare(path, invert, fit, data.image_size, INK_SHARE[data.name]) for path in paths]
     batch = torch.stack([image for image, _ in prepared])
     with torch.no_grad():
-        probabilities = module(data.normalize(batch * 255)).softmax(1)  # normalize takes 0..255 pixels
+        probabilities = net(data.normalize(batch * 255)).softmax(1)  # normalize takes 0..255 pixels
     best = probabilities.topk(top, dim=1)
     names = data.class_names
     return [{"image": path, "inverted": inverted,

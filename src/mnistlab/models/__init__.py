@@ -1,0 +1,5 @@
+"""The networks, each following the contract of models/contract.py; a model config's `_target_` names one."""
+
+from mnistlab.models.seed import SeedNet
+
+__all__ = ["SeedNet"]
