@@ -1,14 +1,21 @@
-"""Shared fixtures: small synthetic IDX datasets and a runner for the real `python train.py`."""
+"""Shared fixtures: small synthetic IDX datasets, runs in process (the config train.py composes, and its train()),
+the tools in process, and a runner for the real `python train.py` where the process itself is the point."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
+from mnistlab.config import compose_run_config
 from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 # Fast settings for end-to-end runs on the synthetic data (1200 training images, 300 test images).
@@ -32,6 +39,25 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 300) -> subproce
     """`python train.py OVERRIDES...` exactly as a user types it, from the repository root."""
     return subprocess.run([sys.executable, "train.py", *overrides], cwd=cwd, env=offline_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def train_in_process(folder: Path, *overrides: str) -> dict:
+    """One run of `python train.py OVERRIDES hydra.run.dir=FOLDER`, in this process: its final metrics."""
+    cfg = compose_run_config(list(overrides), output_dir=str(folder))
+    with open_dict(cfg):
+        del cfg["hydra"]  # as Hydra hands a run its config: its own settings stay in HydraConfig
+    return train(cfg)
+
+
+def run_in_process(main: Callable[[list[str]], None], *args: str) -> subprocess.CompletedProcess:
+    """A tool's `main(argv)` in this process, as a CompletedProcess: its exit status, stdout and stderr."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 class RecordWeights(Callback):

@@ -5,31 +5,23 @@ import json
 
 import pytest
 import torch
-from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.config import compose_run_config
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.tools.export import export
 from mnistlab.tools.inspect_model import main as inspect_main
 from mnistlab.tools.predict import predict
-from mnistlab.train import train
 
-from .conftest import FAST
+from .conftest import FAST, train_in_process
 
 TOY = ["~model", "+model._target_=tests.toy_net.ToyNet", "+model.num_classes=${data.num_classes}",
        "+model.image_size=${data.image_size}", "+model.width=6"]
 
 
 def run(tmp_path, name: str, *overrides: str) -> dict:
-    """One run, in process: the config train.py composes, and its train()."""
-    folder = tmp_path / name
-    cfg = compose_run_config([*FAST, *overrides], output_dir=str(folder))
-    with open_dict(cfg):
-        del cfg["hydra"]  # as Hydra hands a run its config: its own settings stay in HydraConfig
-    return train(cfg) | {"folder": folder}
+    return train_in_process(tmp_path / name, *FAST, *overrides) | {"folder": tmp_path / name}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +57,7 @@ def test_the_tools_take_a_contract_network(toy_run, tmp_path, capsys):
     assert [result["format"] for result in formats] == ["torchscript", "torch_export"]
     assert all(result["max_abs_diff"] < 1e-4 for result in formats)
 
-    inspect_main([*TOY, "--batch-size", "2"])
+    inspect_main([*TOY, "batch_size=2"])
     table = capsys.readouterr().out
     assert table.startswith("ToyNet (") and "[2, 6, 28, 28]" in table and "[2, 10]" in table
     assert f"{sum(p.numel() for p in load_classifier(checkpoint, 'ckpt_path').net.parameters()):,}" in table

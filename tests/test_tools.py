@@ -1,8 +1,10 @@
 """The seed's explorations as tools (mnistlab-inspect, conv_basics) and the checkpoint tools (mnistlab-eval,
--predict, -export), run as users run them: console scripts in subprocesses, on a real trained checkpoint."""
+-predict, -export), run as users run them, on a real trained checkpoint: their `main` with a command line, in
+process; the console scripts themselves once, in subprocesses."""
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +21,23 @@ from mnistlab.idx import read_idx
 from mnistlab.models import SeedNet
 from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.tasks.classification import load_classifier
+from mnistlab.tools import evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution
 from mnistlab.tools.inspect_model import layer_table
 from mnistlab.tools.predict import fit_to_frame
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_in_process, train_in_process
+
+TOOLS = {"mnistlab-eval": evaluate.main, "mnistlab-predict": predict.main, "mnistlab-export": export.main,
+         "mnistlab-inspect": inspect_model.main}
 
 
 def tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    """A tool with a command line, in process."""
+    return run_in_process(TOOLS[name], *args)
+
+
+def console_script(name: str, *args: str) -> subprocess.CompletedProcess:
     """A console script of the installed package, as a user runs it."""
     return subprocess.run([str(Path(sys.executable).with_name(name)), *args], cwd=REPO, env=offline_env(),
                           capture_output=True, text=True, timeout=300)
@@ -44,11 +55,26 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synthetic_root):
     """A finished run on the synthetic data: (its best checkpoint, its metrics.json)."""
-    run_dir = tmp_path_factory.mktemp("tools") / "run"
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "callbacks=minimal")
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = train_in_process(tmp_path_factory.mktemp("tools") / "run", f"data.root={synthetic_root}", *FAST,
+                               "callbacks=minimal")
     return Path(metrics["best_checkpoint"]), metrics
+
+
+@pytest.mark.slow
+def test_console_scripts_take_hydra_overrides(trained, tmp_path):
+    checkpoint, metrics = trained
+    lightning_named = tmp_path / "epoch=1-step=38.ckpt"  # Lightning's own file names hold '=' in the value
+    shutil.copy(checkpoint, lightning_named)
+    result = console_script("mnistlab-eval", f"ckpt_path={lightning_named}", "data=mnist", "accelerator=cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"test/acc    {metrics['test/acc']:.4f}" in result.stdout
+    assert_one_line_error(console_script("mnistlab-eval", f"ckpt_path={checkpoint}", "acelerator=cpu"),
+                          "unknown key 'acelerator'", "did you mean accelerator?")
+    for name in TOOLS:
+        usage = console_script(name, "--help")
+        assert usage.returncode == 0 and usage.stdout.startswith(f"{name}:"), usage.stdout
+    assert "  data           fashion_mnist, kmnist, mnist" in console_script("mnistlab-eval", "--help").stdout
+    assert re.search(r"\n  \+experiment +amp, ", console_script("mnistlab-inspect", "--help").stdout)
 
 
 # --- mnistlab-inspect -----------------------------------------------------------------------------------------
@@ -100,7 +126,7 @@ def test_inspect_stride_and_pool_variants_have_the_same_shapes():
 
 @pytest.mark.slow
 def test_inspect_takes_train_overrides_and_rejects_bad_ones():
-    result = tool("mnistlab-inspect", "model.downsample=stride", "model.batch_norm=true", "--batch-size", "8")
+    result = tool("mnistlab-inspect", "model.downsample=stride", "model.batch_norm=true", "batch_size=8")
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
     assert "stride=2" in rows["backbone.conv1"] and "[8, 20, 12, 12]" in rows["backbone.conv1"]

@@ -19,7 +19,6 @@ from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
 from mnistlab.models.ensemble import Ensemble
-from mnistlab.tools.cli import parse_value
 
 LAST = "last.ckpt"
 INTERRUPTED = "interrupted.ckpt"
@@ -162,7 +161,7 @@ def unreadable_reason(err: Exception) -> str:
     return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
 
 
-def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTDataModule:
+def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNISTDataModule:
     """The data a checkpoint was trained on (its data module's settings are saved in it), with `data.KEY=VALUE`
     overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
     `.std`). Downloading stays off unless `data.download=true`."""
@@ -178,16 +177,26 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, str]) -> MNISTD
                  for key in data if key != "_target_"}
     defaults = {name: p.default for name, p in inspect.signature(MNISTDataModule).parameters.items()}
     settings = {**defaults, **(saved or {}), "download": False}
-    for key, text in overrides.items():
+    for key, value in overrides.items():
         name = key.removeprefix("data.")
         if name not in defaults or name in ("augment", "recipe_augment"):
             allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
             raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
-        try:
-            settings[name] = parse_value(text, defaults[name])
-        except ValueError as err:
-            raise ConfigError(f"{key}={text}: {name} takes {type(defaults[name]).__name__} values ({err})") from None
+        settings[name] = setting_value(key, value, defaults[name])
     return MNISTDataModule(**settings)
+
+
+def setting_value(key: str, value: object, default: object) -> object:
+    """`value` as the type of the setting's default (a command line's `data.val_size=1000` or `"1000"`)."""
+    if value is None or default is None or isinstance(default, str):
+        return value
+    kind = type(default)
+    if (kind is bool and not isinstance(value, bool)) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{key}={value}: takes {kind.__name__} values")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value}: takes {kind.__name__} values") from None
 
 
 def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Module:

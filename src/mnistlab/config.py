@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig, open_dict
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import ConfigError, MnistlabError
 
@@ -22,7 +22,29 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
-def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
+
+
+def groups() -> list[str]:
+    """The config groups: the folders of configs/."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def quote_values_with_equals(args: list[str]) -> list[str]:
+    """`ckpt_path=logs/epoch=3-step=99.ckpt` (Lightning's file names) as Hydra's grammar wants it, the value
+    quoted; values Hydra parses already (lists, quoted strings, sweeps) are left as they are."""
+    quoted = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        plain = equals and not arg.startswith("-") and "=" in value and value[:1] not in "[{'\"" and "(" not in value
+        quoted.append(f"{key}='{value}'" if plain and "'" not in value else arg)
+    return quoted
+
+
+def unknown_choice(args: list[str]) -> str | None:
     """One line naming a config-group choice that has no file (`data=emnist`), or None.
 
     Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
@@ -32,8 +54,7 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
     except Exception:
         return None  # not ours to judge: Hydra reports syntax errors itself
     for override in overrides:
-        group = config_dir / override.key_or_group
-        if override.is_delete() or not group.is_dir():
+        if override.is_delete() or override.key_or_group not in groups():
             continue
         value = override.value()
         if isinstance(value, ChoiceSweep):
@@ -42,11 +63,38 @@ def unknown_choice(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None
             choices = [value]
         else:
             continue  # glob(...) and ranges: Hydra expands those against the folder
-        options = sorted(p.stem for p in group.glob("*.yaml") if not p.stem.startswith("_"))
+        options = group_options(override.key_or_group)
         for choice in choices:
             if choice not in options:
                 return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
                         f"choose one of: {', '.join(options)}")
+    return None
+
+
+def unknown_key(args: list[str], base: DictConfig, choosable: list[str]) -> str | None:
+    """One line naming the first override whose key `base` (a composed config) lacks, with the keys it has at
+    that level and the closest one; None when every key exists (or is a group in `choosable`, or is added)."""
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
+    except HydraException:
+        return None  # a syntax error: Hydra's own line says where
+    values = OmegaConf.to_container(base)  # unresolved: `???` and `${...}` stay text
+    for override in overrides:
+        if override.is_add() or override.is_force_add() or override.key_or_group in choosable:
+            continue
+        node, path = values, override.key_or_group.split(".")
+        for depth, part in enumerate(path):
+            if not isinstance(node, dict):
+                break
+            if part not in node:
+                where = ".".join(path[:depth])
+                keys = [key for key, value in node.items() if not isinstance(value, dict) or where]
+                keys += [f"{group}=NAME" for group in choosable] if not where else []
+                close = difflib.get_close_matches(part, list(node), n=1)
+                hint = f"did you mean {'.'.join([*path[:depth], close[0]])}? " if close else ""
+                return (f"unknown key {override.key_or_group!r} in {override.input_line!r}: {hint}"
+                        f"{where + ' has' if where else 'allowed keys:'} {', '.join(keys)}")
+            node = node[part]
     return None
 
 

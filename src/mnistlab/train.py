@@ -23,7 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.checkpoints import check_not_in_use, resume_checkpoint, run_folder_lock, unfinished_run
-from mnistlab.config import CONFIG_DIR, compose_run_config, one_line, spell_trainer_overrides, unknown_choice
+from mnistlab.config import (
+    CONFIG_DIR,
+    compose_run_config,
+    groups,
+    one_line,
+    quote_values_with_equals,
+    spell_trainer_overrides,
+    unknown_choice,
+    unknown_key,
+)
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
@@ -85,10 +94,12 @@ def first_process() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, check: bool = True) -> dict:
     """Fit (or resume, with `ckpt_path`), then test the best checkpoint (the last, without validation) on the
-    official test set; returns the final metrics. The run folder is locked for the run's life."""
-    check_config(cfg)
+    official test set; returns the final metrics. The run folder is locked for the run's life. `check=False`:
+    the config was checked already (`main` checks a single run before Hydra makes its folder)."""
+    if check:
+        check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with run_folder_lock(run_dir) if first_process() else contextlib.nullcontext():
         return fit_and_test(cfg, run_dir)
@@ -158,7 +169,7 @@ def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
 def hydra_main(cfg: DictConfig) -> float:
     """One run; returns the task's best validation value (task.metrics.best), what a sweep optimises."""
     try:
-        return train(cfg)[cfg.task.metrics.best]
+        return train(cfg, check=HydraConfig.get().mode == RunMode.MULTIRUN)[cfg.task.metrics.best]
     except SIGTERMException:
         # Lightning stops at the next step and exits 0; a terminated job must not look like a finished one.
         sys.exit(128 + signal.SIGTERM)
@@ -192,13 +203,15 @@ def precheck(args: list[str]) -> list[str]:
     try:
         cfg = compose_run_config(args)
     except HydraException as err:
-        raise ConfigError(one_line(err)) from None
+        choices = [a for a in args if a.lstrip("+~").split("=")[0] in groups()]  # what sets which keys exist
+        raise ConfigError(unknown_key(args, compose_run_config(choices), groups()) or one_line(err)) from None
     check_config(cfg)
     folder = Path(cfg.hydra.run.dir)
     if cfg.get("ckpt_path") == "last" and not any(a.startswith("hydra.run.dir=") for a in args):
         folder = unfinished_run(folder.parent)
         print(f"resuming {folder}")
         args = [*args, f"hydra.run.dir={folder}"]
+    resume_checkpoint(cfg.get("ckpt_path"), folder)  # a missing file: one line, and no run folder made
     if first_process():
         check_not_in_use(folder)
     return args
@@ -220,7 +233,7 @@ def main() -> None:
         problem = unknown_choice(args)
         if problem:
             raise ConfigError(problem)
-        args = spell_trainer_overrides(args)
+        args = quote_values_with_equals(spell_trainer_overrides(args))
         sys.argv[1:] = precheck(args) if single_run(args) else args
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)

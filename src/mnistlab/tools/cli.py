@@ -1,8 +1,10 @@
-"""The `key=value` command lines of the checkpoint tools (mnistlab-eval, -predict, -export), in the spelling of
-`python train.py` overrides: `ckpt_path=PATH`, `images=[a.png,b.jpg]`, `data.root=DIR`.
+"""Every tool's command line is `python train.py`'s: Hydra overrides, composed from configs/ with the tool's own
+primary config (configs/eval.yaml, predict.yaml, export.yaml, inspect.yaml) as train.py composes train.yaml.
 
-Everything up to the first `=` is the key, so file names that contain `=` (Lightning's `epoch=3-step=99.ckpt`)
-need no quoting. Bad input ends in one line and exit status 2.
+    mnistlab-eval ckpt_path=CKPT data=fashion_mnist data.root=DIR
+    mnistlab-predict ckpt_path=CKPT images=[seven.png,shoe.jpg] top=5
+
+`--help` prints the tool's usage and the config groups it takes. Bad input is one `error:` line, exit status 2.
 """
 
 import logging
@@ -10,60 +12,92 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab.config import (
+    CONFIG_DIR,
+    group_options,
+    groups,
+    one_line,
+    quote_values_with_equals,
+    spell_trainer_overrides,
+    unknown_choice,
+    unknown_key,
+)
 from mnistlab.errors import ConfigError, MnistlabError
 
-REQUIRED = object()  # an option without a default: the command line must give it
+
+def tool_groups(config_name: str) -> list[str]:
+    """The config groups a primary config composes, through the configs it includes (inspect.yaml: train.yaml)."""
+    found = []
+    for entry in OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml").get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            found += tool_groups(entry)
+        elif OmegaConf.is_dict(entry):
+            found += [name.removeprefix("optional ") for name in entry if name.removeprefix("optional ") in groups()]
+    return [group for group in found if group != "hydra"]
 
 
-def parse_value(text: str, default: object) -> object:
-    """`[a,b]` is a list; otherwise the value takes the type of the option's default (int, float, bool, str)."""
-    if text.startswith("[") and text.endswith("]"):
-        return [item.strip() for item in text[1:-1].split(",") if item.strip()]
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError("true or false")
-        return text.lower() == "true"
-    if isinstance(default, int | float):
-        return type(default)(text)
-    return None if text == "null" else text
+def groups_help(config_name: str) -> str:
+    chosen = tool_groups(config_name)
+    lines = [f"  {group:<15}{', '.join(group_options(group))}" for group in chosen]
+    if "model" in chosen:  # a run's config: experiments go on top of it
+        lines.append(f"  {'+experiment':<15}{', '.join(group_options('experiment'))}")
+    return "config groups (group=OPTION picks configs/GROUP/OPTION.yaml; group.KEY=VALUE changes one value):\n" + \
+        "\n".join(lines) if lines else ""
 
 
-def parse_args(argv: list[str], options: dict[str, object], passthrough: str | None = None) -> dict:
-    """The options (with their defaults filled in) from `key=value` arguments. Keys under `passthrough + "."`
-    (e.g. `data.root`) are kept as strings under their full name, for the caller to check."""
-    values = {}
-    for arg in argv:
-        key, equals, text = arg.partition("=")
-        if not equals or not key:
-            raise ConfigError(f"argument {arg!r} is not key=value; allowed keys: {', '.join(options)}")
-        if passthrough and (key == passthrough or key.startswith(passthrough + ".")):
-            values[key] = text  # a group choice (`data=fashion_mnist`) or one of its keys, for the caller
-            continue
-        if key not in options:
-            extra = f", {passthrough}=NAME, {passthrough}.KEY" if passthrough else ""
-            raise ConfigError(f"unknown key {key!r} in {arg!r}; allowed keys: {', '.join(options)}{extra}")
-        default = options[key]
+def open_groups(args: list[str], base: DictConfig) -> list[str]:
+    """`data.root=DIR` where the tool's config has no `data` yet (no data=NAME given): the key is added
+    (`++data.root=DIR`), for the tool to lay over the checkpoint's own settings."""
+    spelled = []
+    for arg in args:
+        root = arg.split("=", 1)[0].split(".", 1)[0]
+        opened = "=" in arg and "." in arg.split("=", 1)[0] and root in groups() and root not in base
+        spelled.append(f"++{arg}" if opened and not arg.startswith(("+", "~")) else arg)
+    return spelled
+
+
+def compose_tool(config_name: str, args: list[str]) -> DictConfig:
+    """configs/CONFIG_NAME.yaml with the overrides `args`; every `???` value must be given."""
+    problem = unknown_choice(args)
+    if problem:
+        raise ConfigError(problem)
+    args = quote_values_with_equals(spell_trainer_overrides(args))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base = compose(config_name)
+        args = open_groups(args, base)
         try:
-            values[key] = parse_value(text, default)
-        except ValueError as err:
-            raise ConfigError(f"{arg}: {key} takes {type(default).__name__} values ({err})") from None
-    missing = [key for key, default in options.items() if default is REQUIRED and key not in values]
+            cfg = compose(config_name, overrides=args)
+        except HydraException as err:
+            raise ConfigError(unknown_key(args, base, tool_groups(config_name)) or one_line(err)) from None
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
     if missing:
         raise ConfigError(f"missing {missing[0]}=...: it is required (see --help)")
-    return {key: default for key, default in options.items()} | values
+    return cfg
 
 
-def run_tool(tool: Callable[[list[str]], None], usage: str, argv: list[str] | None = None) -> None:
-    """Run a tool's body; `-h/--help` prints its usage, bad input (MnistlabError) one `error:` line, exit 2."""
+def given_keys(args: list[str], group: str) -> set[str]:
+    """The keys of `group` that the command line sets itself (`data.root=DIR` -> root)."""
+    keys = (arg.lstrip("+~").split("=", 1)[0] for arg in args)
+    return {key.removeprefix(f"{group}.") for key in keys if key.startswith(f"{group}.")}
+
+
+def run_tool(tool: Callable[[DictConfig, list[str]], None], config_name: str, usage: str,
+             argv: list[str] | None = None) -> None:
+    """Compose the tool's config from the command line and run the tool on it (with the command line, for tools
+    that lay given keys over a checkpoint's settings); `-h/--help` prints the usage and the groups."""
     argv = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(argv):
-        print(usage.strip())
+        print(usage.strip() + "\n\n" + groups_help(config_name))
         return
     # The tools print their own results: Lightning's start-up chatter ("GPU available", tips) is noise here.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
-        tool(argv)
+        tool(compose_tool(config_name, argv), argv)
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
     mnistlab-eval ckpt_path=logs/default/runs/<time>/checkpoints/epoch009.ckpt
     mnistlab-eval ckpt_path=CKPT data.root=DIR                     # the same dataset in another folder
     mnistlab-eval ckpt_path=CKPT data=fashion_mnist data.root=DIR  # another dataset of the data group
-    mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=32-true
+    mnistlab-eval ckpt_path=CKPT json=metrics.json accelerator=cpu precision=32-true  # configs/eval.yaml
     mnistlab-eval ckpt_path=[CKPT1,CKPT2,CKPT3]                    # their ensemble: the mean of their logits
 
 The data settings come from the checkpoint (the run's data module saves them); `data=NAME` takes another
@@ -21,17 +21,16 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab.checkpoints import load_datamodule
-from mnistlab.config import dataset_settings
+from mnistlab.config import DATASET_KEYS
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.ensemble import Ensemble
 from mnistlab.tasks.classification import Classifier, load_classifier
-from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
-
-OPTIONS = {"ckpt_path": REQUIRED, "accelerator": "auto", "precision": "", "json": ""}
+from mnistlab.tools.cli import given_keys, run_tool
 
 
 def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
@@ -106,16 +105,17 @@ def report(metrics: dict) -> str:
     ])
 
 
-def evaluate_command(argv: list[str]) -> None:
-    args = parse_args(argv, OPTIONS, passthrough="data")
+def evaluate_command(cfg: DictConfig, args: list[str]) -> None:
     # data=NAME: that dataset's identity (name, statistics, shapes) from configs/data/NAME.yaml; data.KEY on top.
-    chosen = dataset_settings(args["data"]) if "data" in args else {}
-    data_overrides = chosen | {key: value for key, value in args.items() if key.startswith("data.")}
-    metrics = evaluate(args["ckpt_path"], data_overrides, args["accelerator"], args["precision"])
+    chosen = DATASET_KEYS if any(arg.split("=")[0] == "data" for arg in args) else ()
+    keys = [*chosen, *sorted(given_keys(args, "data") - set(chosen))]
+    data_overrides = {f"data.{key}": cfg.data[key] for key in keys}
+    metrics = evaluate(OmegaConf.to_object(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else cfg.ckpt_path,
+                       data_overrides, cfg.accelerator, cfg.precision or "")
     print(report(metrics))
-    if args["json"]:
-        Path(args["json"]).write_text(json.dumps(metrics, indent=2) + "\n")
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(evaluate_command, __doc__, argv)
+    run_tool(evaluate_command, "eval", __doc__, argv)

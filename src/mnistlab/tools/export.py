@@ -14,14 +14,14 @@ import warnings
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnistlab.checkpoints import load_datamodule, load_network
 from mnistlab.errors import ConfigError
-from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
+from mnistlab.tools.cli import run_tool
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "torch_export": ".pt2"}
-OPTIONS = {"ckpt_path": REQUIRED, "formats": list(FORMATS), "out": ""}
 
 
 class PixelClassifier(nn.Module):
@@ -110,14 +110,13 @@ def export(checkpoint: str, formats: list[str], out: str = "") -> list[dict]:
     return results
 
 
-def export_command(argv: list[str]) -> None:
-    args = parse_args(argv, OPTIONS)
-    formats = args["formats"] if isinstance(args["formats"], list) else [args["formats"]]
-    for row in export(args["ckpt_path"], formats, args["out"]):
+def export_command(cfg: DictConfig, _args: list[str]) -> None:
+    formats = list(cfg.formats) if OmegaConf.is_list(cfg.formats) else [str(cfg.formats)]
+    for row in export(cfg.ckpt_path, formats, cfg.out or ""):
         check = ("not checked: onnxruntime is not installed" if row["max_abs_diff"] is None
                  else f"max |logit difference| vs PyTorch {row['max_abs_diff']:.1e} on 7 images")
         print(f"{row['format']:<13} {row['path']}  ({row['bytes'] / 1e6:.1f} MB; {check})")
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(export_command, __doc__, argv)
+    run_tool(export_command, "export", __doc__, argv)

@@ -2,26 +2,23 @@
 its parameter count with the formula, and the multiply-adds per image.
 
     mnistlab-inspect
-    mnistlab-inspect model.downsample=stride model.batch_norm=true --batch-size 64
+    mnistlab-inspect model.downsample=stride model.batch_norm=true batch_size=64
     mnistlab-inspect +experiment=kernel3
 
-The arguments are `python train.py` overrides; the network is traced with torch.fx and the shapes are
-propagated through it, so the table always matches the code.
+The arguments are `python train.py` overrides (configs/inspect.yaml adds batch_size); the network is traced
+with torch.fx and the shapes are propagated through it, so the table always matches the code.
 """
 
-import argparse
-import sys
-
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from mnistlab.config import CONFIG_DIR, one_line, unknown_choice
-from mnistlab.errors import MnistlabError
+from mnistlab.config import one_line
+from mnistlab.errors import ConfigError
+from mnistlab.tools.cli import run_tool
 
 
 def describe(module: nn.Module) -> tuple[str, str, int, int]:
@@ -85,27 +82,18 @@ def render(rows: list[tuple], total_params: int, total_macs: int) -> str:
                      for row in [HEADER, *lines])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model.batch_norm=true")
-    parser.add_argument("--batch-size", type=int, default=64, help="the batch whose shapes are shown (default 64)")
-    args = parser.parse_args(argv)
+def inspect_command(cfg: DictConfig, _args: list[str]) -> None:
+    if cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     try:
-        problem = unknown_choice(args.overrides)
-        if problem:
-            raise MnistlabError(problem)
-        if args.batch_size < 1:
-            raise MnistlabError(f"--batch-size {args.batch_size} must be at least 1")
-        try:
-            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                cfg = compose("train", overrides=args.overrides)
-            model = OmegaConf.to_container(cfg.model, resolve=True)
-            net = instantiate(model)
-        except HydraException as err:
-            raise MnistlabError(one_line(err)) from None
-    except MnistlabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        net = instantiate(model)
+    except HydraException as err:
+        raise ConfigError(one_line(err)) from None
     settings = " ".join(f"{key}={value}" for key, value in model.items() if key != "_target_")
-    print(f"{type(net).__name__} ({settings}), a batch of {args.batch_size}\n")
-    print(render(*layer_table(net, args.batch_size)))
+    print(f"{type(net).__name__} ({settings}), a batch of {cfg.batch_size}\n")
+    print(render(*layer_table(net, cfg.batch_size)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool(inspect_command, "inspect", __doc__, argv)

@@ -14,14 +14,14 @@ Fashion-MNIST and KMNIST: the whole frame), then standardised with the training 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from mnistlab.checkpoints import load_datamodule, load_network
 from mnistlab.errors import ConfigError
-from mnistlab.tools.cli import REQUIRED, parse_args, run_tool
+from mnistlab.tools.cli import run_tool
 
-OPTIONS = {"ckpt_path": REQUIRED, "images": REQUIRED, "invert": "auto", "fit": "ink", "top": 3}
 INVERT_CHOICES = ("auto", "true", "false")
 FIT_CHOICES = ("ink", "whole")
 # The share of the frame the ink's longer side fills, per dataset (MNIST: 20 of 28 pixels).
@@ -102,10 +102,9 @@ def predict(checkpoint: str, paths: list[str], invert: str = "auto", fit: str = 
             for path, (_, inverted), values, indices in zip(paths, prepared, *best, strict=True)]
 
 
-def predict_command(argv: list[str]) -> None:
-    args = parse_args(argv, OPTIONS)
-    images = args["images"] if isinstance(args["images"], list) else [args["images"]]
-    rows = predict(args["ckpt_path"], images, str(args["invert"]).lower(), args["fit"], args["top"])
+def predict_command(cfg: DictConfig, _args: list[str]) -> None:
+    images = list(cfg.images) if OmegaConf.is_list(cfg.images) else [str(cfg.images)]
+    rows = predict(cfg.ckpt_path, images, str(cfg.invert).lower(), cfg.fit, cfg.top)
     width = max(len(row["image"]) for row in rows)
     for row in rows:
         guesses = "   ".join(f"{name} {p:6.1%}" for name, p in row["top"])
@@ -114,4 +113,4 @@ def predict_command(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(predict_command, __doc__, argv)
+    run_tool(predict_command, "predict", __doc__, argv)
