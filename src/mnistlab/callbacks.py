@@ -1,13 +1,17 @@
-"""Training plumbing that any task gets by adding a callback: a weight average whose decay grows with the run, and
-a stop for a run that is not learning."""
+"""Training plumbing that any task gets by adding a callback (configs/callbacks/minimal.yaml lists them for every
+run): a weight average whose decay grows with the run, the random streams saved with each checkpoint, and stops for
+a run whose loss is nan or that is not learning."""
 
 import math
+import random
+from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 
-from mnistlab.errors import ConfigError, NotLearningError
+from mnistlab.errors import ConfigError, NonFiniteLossError, NotLearningError
 
 
 class EMA(WeightAveraging):
@@ -49,6 +53,24 @@ class EMA(WeightAveraging):
             torch._foreach_copy_(averaged, current)
 
 
+def load_tested_weights(trainer: pl.Trainer, module: pl.LightningModule, run_dir: Path) -> str:
+    """Puts the weights a finished fit is tested with into `module` and returns their checkpoint ("" if none):
+    under SWA the average (saved as swa.ckpt), otherwise the best checkpoint's (the last, without validation)."""
+    if any(isinstance(c, pl.callbacks.StochasticWeightAveraging) for c in trainer.callbacks):
+        # Lightning's SWA puts the average into the model when training ends (BatchNorm statistics recomputed),
+        # and into no checkpoint: that average is what is tested, and saved as swa.ckpt.
+        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else run_dir / "checkpoints"
+        path = str(folder / "swa.ckpt")  # beside the run's other checkpoints, wherever dirpath puts them
+        trainer.save_checkpoint(path)
+        return path
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        # The checkpoint holds the weights that were validated: under EMA, the averaged ones. (Lightning's
+        # ckpt_path="best" would restore the raw weights while a weight-averaging callback is attached.)
+        module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
+    return best
+
+
 class StopIfNotLearning(pl.Callback):
     """Stop a run whose training loss has not moved below ln(num_classes), the loss of a network that answers
     every image with the same guess (dead ReLUs after too high a learning rate, say), with one line naming the cure.
@@ -88,3 +110,64 @@ class StopIfNotLearning(pl.Callback):
                     f"(ln {round(math.exp(self.chance_loss))}) of a network that guesses one answer for every image; "
                     "lower optimizer.lr, lengthen the warmup (scheduler.warmup_epochs) or add BatchNorm "
                     "(model.batch_norm=true)")
+
+
+class RandomState(pl.Callback):
+    """Saves the random streams (augmentation, mixup, dropout) with each checkpoint as they stand at that point, and
+    restores them when a fit resumes from it: a resumed run draws what the uninterrupted one would have drawn.
+    Loading weights for a tool, a teacher or a transfer goes through no Trainer and leaves the streams alone."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()  # as tensors and numbers: weights_only loads
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("rng")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        kind, keys, position, has_gauss, gauss = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        random.setstate(states["python"])
+        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class StopIfNonFinite(pl.Callback):
+    """Stops a run whose training loss became nan or inf, with one line naming the step, before a checkpoint can
+    save the ruined weights. The first bad step is kept on the device and read only every log_every_n_steps steps,
+    before each validation and at each epoch's end (checkpoints are written after those): no host sync per step."""
+
+    def __init__(self):
+        self.first_bad_step: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.first_bad_step = torch.tensor(-1, device=pl_module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"].detach()
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(bad, trainer.global_step - 1, self.first_bad_step))
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.stop_if_bad(trainer)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stop_if_bad(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stop_if_bad(trainer)
+
+    def stop_if_bad(self, trainer: pl.Trainer) -> None:
+        step = -1 if self.first_bad_step is None else int(self.first_bad_step)
+        if step < 0:
+            return
+        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else None
+        last = folder / "last.ckpt" if folder else None
+        kept = f"the last good checkpoint is {last}" if last and last.is_file() else "no checkpoint was saved before it"
+        raise NonFiniteLossError(f"the training loss became nan or inf at step {step} (epoch {trainer.current_epoch}"
+                                 f"): training stopped; {kept}. Lower optimizer.lr or add warmup "
+                                 "(scheduler.warmup_epochs)")

@@ -22,6 +22,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mnistlab.callbacks import load_tested_weights
 from mnistlab.checkpoints import check_not_in_use, resume_checkpoint, run_folder_lock, unfinished_run
 from mnistlab.config import (
     CONFIG_DIR,
@@ -121,17 +122,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     fit_seconds = time.perf_counter() - start
     names = cfg.task.metrics
     best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if any(isinstance(c, pl.callbacks.StochasticWeightAveraging) for c in trainer.callbacks):
-        # Lightning's SWA puts the average into the model when training ends (BatchNorm statistics recomputed),
-        # and into no checkpoint: that average is what is tested, and saved as swa.ckpt.
-        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else run_dir / "checkpoints"
-        best = str(folder / "swa.ckpt")  # beside the run's other checkpoints, wherever dirpath puts them
-        trainer.save_checkpoint(best)
-    elif best:
-        # The checkpoint holds the weights that were validated: under EMA, the averaged ones. (Lightning's
-        # ckpt_path="best" would restore the raw weights while a weight-averaging callback is attached.)
-        module.load_state_dict(torch.load(best, map_location=module.device, weights_only=True)["state_dict"])
+    best = load_tested_weights(trainer, module, run_dir)
     trainer.test(module, datamodule=datamodule)
 
     epochs = trainer.current_epoch

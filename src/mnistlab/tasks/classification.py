@@ -1,9 +1,7 @@
 """The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
 
-import random
 from pathlib import Path
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -13,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import tricks
 from mnistlab.checkpoints import existing_checkpoint, load_teacher, unreadable_reason
-from mnistlab.errors import ConfigError, NonFiniteLossError
+from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
 from mnistlab.validation import check_values
 
@@ -61,8 +59,6 @@ class Classifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(**metric)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best so far
-        # The first step whose loss was nan or inf (-1: none yet), kept on the device: no host sync per step.
-        self.register_buffer("first_nonfinite_step", torch.tensor(-1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.net if self.compiled_net is None else self.compiled_net)(x)
@@ -91,26 +87,9 @@ class Classifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None:  # mnistlab-eval tests at the precision the run trained at
             checkpoint["precision"] = self._trainer.precision
-        # The random streams (augmentation, mixup) as they stand at this epoch's end: a resumed run draws what
-        # the uninterrupted one would have drawn.
-        kind, keys, position, has_gauss, gauss = np.random.get_state()  # as tensors and numbers: weights_only loads
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_precision = checkpoint.get("precision", "32-true")  # for mnistlab-eval
-        states = checkpoint.get("rng")
-        # Only a resumed fit (a trainer is attached) continues the random streams; loading weights for a tool, a
-        # teacher or a transfer must not reset them.
-        if states and self._trainer is not None:
-            torch.set_rng_state(states["torch"])
-            kind, keys, position, has_gauss, gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-            random.setstate(states["python"])
-            if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
-                torch.cuda.set_rng_state_all(states["cuda"])
 
     def mixing_now(self) -> bool:
         """Mix this batch? With probability mix_prob, and never in the last mix_off_last_epochs epochs."""
@@ -140,32 +119,11 @@ class Classifier(pl.LightningModule):
         # logger writes (every trainer.log_every_n_steps), and the epoch figures once, at the epoch's end.
         self.train_acc.update(logits, labels)
         self.train_loss.update(loss.detach(), len(labels))
-        bad = ~torch.isfinite(loss.detach()) & (self.first_nonfinite_step < 0)
-        self.first_nonfinite_step.copy_(torch.where(bad, self.global_step, self.first_nonfinite_step))
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.stop_if_nonfinite()
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 
-    def stop_if_nonfinite(self) -> None:
-        """Stop with one line naming the step where the loss stopped being finite, before the next checkpoint
-        could save the ruined weights."""
-        step = int(self.first_nonfinite_step)
-        if step < 0:
-            return
-        folder = Path(self.trainer.checkpoint_callback.dirpath) if self.trainer.checkpoint_callback else None
-        last = folder / "last.ckpt" if folder else None
-        kept = (f"the last good checkpoint is {last}" if last and last.is_file()
-                else "no checkpoint was saved before it")
-        raise NonFiniteLossError(f"the training loss became nan or inf at step {step} (epoch "
-                                 f"{self.current_epoch}): training stopped; {kept}. Lower optimizer.lr or add "
-                                 "warmup (scheduler.warmup_epochs)")
-
-    def on_validation_epoch_start(self) -> None:
-        self.stop_if_nonfinite()  # checkpoints are written after validation: never one of a diverged run
-
     def on_train_epoch_end(self) -> None:
-        self.stop_if_nonfinite()  # without validation, checkpoints are written right after this hook
         self.log("train/loss_epoch", self.train_loss)
         self.log("train/acc", self.train_acc)
 
