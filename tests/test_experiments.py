@@ -20,8 +20,9 @@ TINY = ["data.val_size=200", "data.batch_size=64", "trainer.max_epochs=2", "trai
 def test_the_issue_lists_every_experiment():
     listed = ["baseline", "label_smoothing", "mixup", "cutmix", "cosine", "warmup", "large_batch", "amp", "bn",
               "stride", "kernel3", "no_bias_decay", "distill", "ema", "augment", "transfer", "bag_of_tricks"]
-    # and the best recipes found for a 40-epoch budget on clothing and for digits
-    assert sorted([*listed, "bag_of_tricks_long", "mnist_best"]) == EXPERIMENTS
+    # and the best recipes found for a 40-epoch budget on clothing and for digits, and the ResNet family
+    resnets = ["resnet", "resnet_b", "resnet_c", "resnet_d", "resnet_zero_gamma", "resnet_bag_of_tricks"]
+    assert sorted([*listed, "bag_of_tricks_long", "mnist_best", *resnets]) == EXPERIMENTS
 
 
 @pytest.mark.slow

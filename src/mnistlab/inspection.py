@@ -81,13 +81,30 @@ class ModelGraph(pl.Callback):
 
 
 def backbone_convolutions(net: torch.nn.Module) -> list[str]:
-    """The names (relative to the network) of its backbone's convolutions: what the views show by default."""
+    """The names (relative to the network) of its backbone's convolutions."""
     return [f"backbone.{name}" for name, layer in net.backbone.named_modules() if isinstance(layer, torch.nn.Conv2d)]
+
+
+def feature_layers(net: torch.nn.Module) -> list[str]:
+    """What the feature-map view shows by default: the network's stages when it names them (`feature_layers`),
+    else every convolution of its backbone."""
+    return list(getattr(net, "feature_layers", None) or backbone_convolutions(net))
+
+
+def filter_layers(net: torch.nn.Module) -> list[str]:
+    """What the filter view shows by default: the first convolution of each of the network's feature layers."""
+    names = []
+    for name in feature_layers(net):
+        module = net.get_submodule(name)
+        first = next((f"{name}.{inner}".rstrip(".") for inner, layer in module.named_modules()
+                      if isinstance(layer, torch.nn.Conv2d)), None)
+        names += [first] if first else []
+    return names
 
 
 class FilterImages(pl.Callback):
     """The seed's "how do we get the convolution filters?" (`model.conv1.weight`): each layer's weights as an
-    image grid, every N epochs. `layers`: names relative to the network; None: the backbone's convolutions."""
+    image grid, every N epochs. `layers`: names relative to the network; None: see filter_layers."""
 
     def __init__(self, layers: tuple[str, ...] | None = None, every_n_epochs: int = 1, zoom: int = 4):
         self.layers, self.every_n_epochs, self.zoom = layers, every_n_epochs, zoom
@@ -96,7 +113,7 @@ class FilterImages(pl.Callback):
         writer = tensorboard_writer(trainer)
         if writer is None or not due(trainer, self.every_n_epochs):
             return
-        layers = self.layers or backbone_convolutions(pl_module.net)
+        layers = self.layers or filter_layers(pl_module.net)
         for name, grid in filter_grids(pl_module.net, layers, self.zoom).items():
             writer.add_image(f"filters/{name}", grid, trainer.global_step)
 
@@ -116,7 +133,7 @@ def filter_grids(net: torch.nn.Module, layers, zoom: int) -> dict[str, torch.Ten
 class FeatureMaps(pl.Callback):
     """The outputs of the chosen layers for a fixed set of validation images (the first `num_images`), after
     every N-th validation: one row per image, one tile per channel, beside the inputs themselves. `layers`: names
-    relative to the network; None: the backbone's convolutions."""
+    relative to the network; None: its feature layers (see feature_layers)."""
 
     def __init__(self, layers: tuple[str, ...] | None = None, num_images: int = 4, every_n_epochs: int = 1,
                  zoom: int = 2):
@@ -127,7 +144,7 @@ class FeatureMaps(pl.Callback):
         if writer is None or trainer.sanity_checking or not due(trainer, self.every_n_epochs):
             return
         images, _ = trainer.datamodule.first_images("val", self.num_images)
-        layers = self.layers or backbone_convolutions(pl_module.net)
+        layers = self.layers or feature_layers(pl_module.net)
         for name, grid in feature_map_grids(pl_module.net, images, layers, self.zoom).items():
             writer.add_image(f"feature_maps/{name}", grid, trainer.global_step)
 

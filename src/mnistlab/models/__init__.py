@@ -1,5 +1,6 @@
 """The networks, each following the contract of models/contract.py; a model config's `_target_` names one."""
 
+from mnistlab.models.resnet import ResNet
 from mnistlab.models.seed import SeedNet
 
-__all__ = ["SeedNet"]
+__all__ = ["ResNet", "SeedNet"]

@@ -4,7 +4,10 @@
   and what the filter and feature-map views show: its convolutions);
 - `head`: feature maps -> logits [N, num_classes], whose last layer is a Linear;
 - `pre_logits(x)`: the head's input to that last layer, [N, D] (distillation's and the projector's features);
-- `num_classes` and `input_shape` (C, H, W) attributes.
+- `num_classes` and `input_shape` (C, H, W) attributes;
+- optionally `feature_layers`: the names of the modules whose outputs mark its stages (a ResNet's stem and
+  stages), what the feature-map and filter views show by default; without it, they show every convolution of
+  the backbone.
 
 A network that renamed its layers keeps loading its old checkpoints through `LEGACY_KEYS` (old -> new prefixes),
 and a network that moved keeps loading through `LEGACY_TARGETS` (old -> new `_target_`).
