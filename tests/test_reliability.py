@@ -52,7 +52,7 @@ FINAL = ("test/acc", "test/loss", "val/acc_best")
      "tricks.distill_teacher=nope.ckpt: no such checkpoint file"),
     (["tricks.init_from=nope.ckpt"], "tricks.init_from=nope.ckpt: no such checkpoint file"),
     (["model.kernel_size=2.5"], "model.kernel_size=2.5 must be an integer >= 1"),
-    (["model.kernel_siz=3"], "Could not override 'model.kernel_siz'"),
+    (["model.kernel_siz=3"], "unknown key 'model.kernel_siz' in 'model.kernel_siz=3': did you mean model.kernel_size? model has "),
     (["+tricks.mixup=0.2"], "unknown key tricks.mixup: mnistlab.tasks.classification.Classifier takes "),
     (["+optimizer.betas=[0.9,0.99]"], "unknown key optimizer.betas: torch.optim.SGD takes "),
     (["compile=1"], "compile=1 must be true, false or one of default, reduce-overhead"),
