@@ -52,3 +52,9 @@ def test_checkpoint_rebuilds_the_network_from_its_saved_configs(tmp_path):
     assert restored.hparams.model == MODEL and restored.hparams.optimizer == SGD
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(restored.eval()(x), module.eval()(x))
+
+
+def test_the_progress_bar_has_the_loss_from_the_first_step_of_a_short_epoch(synthetic_root):
+    trainer = fit(Classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=10,
+                  log_every_n_steps=50)  # the logger writes every 50 steps: never, in this run
+    assert "train/loss_step" in trainer.progress_bar_metrics

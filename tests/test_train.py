@@ -38,6 +38,16 @@ def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, syn
     for line in (f"run folder    {run_dir}", f"checkpoint    {best}", "tensorboard   tensorboard --logdir"):
         assert line in result.stdout
 
+    # A quiet start: one line on what runs and where it writes, then the progress bar. Lightning's banners and
+    # tips go to train.log, with mnistlab's own lines.
+    lines = result.stdout.splitlines()
+    before = lines[:next(i for i, line in enumerate(lines) if line.startswith(("Sanity Checking", "Epoch 0")))]
+    assert len(before) <= 8 and before[0].startswith("SeedNet (") and before[0].endswith(f"writing to {run_dir}")
+    for noise in ("GPU available", "Tip:", "Seed set", "Loading `train_dataloader`", "Test metric"):
+        assert noise not in result.stdout + result.stderr
+    log = (run_dir / "train.log").read_text()
+    assert "GPU available" in log and f"run folder    {run_dir}" in log
+
     # The TensorBoard events hold every stage's metrics, read back with TensorBoard's own reader.
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])

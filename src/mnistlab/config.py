@@ -2,14 +2,17 @@
 spelled without `+`, and bad overrides as one line."""
 
 import difflib
+import importlib.metadata
 import inspect
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import ConfigError, MnistlabError
@@ -29,19 +32,50 @@ def groups() -> list[str]:
     return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
+# Hydra's plugin groups that users pick from the command line, and the plugins behind mnistlab's choices, which
+# come with its sweep extra.
+PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper")
+PLUGINS = {("hydra/sweeper", "optuna"): "hydra-optuna-sweeper", ("hparams_search", "optuna"): "hydra-optuna-sweeper",
+           ("hydra/launcher", "joblib"): "hydra-joblib-launcher",
+           ("hydra/launcher", "submitit_local"): "hydra-submitit-launcher",
+           ("hydra/launcher", "submitit_slurm"): "hydra-submitit-launcher"}
+
+
 def group_options(group: str) -> list[str]:
+    """The options of a config group: its files in configs/, or for Hydra's launcher and sweeper groups, what
+    the installed plugins offer."""
+    if group in PLUGIN_GROUPS:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def quote_values_with_equals(args: list[str]) -> list[str]:
-    """`ckpt_path=logs/epoch=3-step=99.ckpt` (Lightning's file names) as Hydra's grammar wants it, the value
-    quoted; values Hydra parses already (lists, quoted strings, sweeps) are left as they are."""
-    quoted = []
+def missing_plugin(group: str, choice: str) -> str | None:
+    """The install command for a choice whose Hydra plugin is not installed, or None."""
+    plugin = PLUGINS.get((group, choice))
+    if plugin is None:
+        return None
+    try:
+        importlib.metadata.version(plugin)
+        return None
+    except importlib.metadata.PackageNotFoundError:
+        return (f"{group}={choice} needs the Hydra plugin {plugin}, which is not installed: "
+                "pip install -e '.[sweep]' (mnistlab's sweep extra) installs it")
+
+
+def shell_spelling(args: list[str]) -> list[str]:
+    """Overrides as a user types them, in Hydra's grammar: a value starting with `~/` gets the home folder (the
+    shell leaves `key=~/x` alone, and Hydra's grammar rejects it), and `ckpt_path=logs/epoch=3-step=99.ckpt`
+    (Lightning's file names) is quoted. Values Hydra parses already (lists, quoted strings, sweeps) stay."""
+    spelled = []
     for arg in args:
         key, equals, value = arg.partition("=")
+        if equals and not arg.startswith("-") and (value == "~" or value.startswith("~/")):
+            value = os.path.expanduser(value)
+            arg = f"{key}={value}"
         plain = equals and not arg.startswith("-") and "=" in value and value[:1] not in "[{'\"" and "(" not in value
-        quoted.append(f"{key}='{value}'" if plain and "'" not in value else arg)
-    return quoted
+        spelled.append(f"{key}='{value}'" if plain and "'" not in value else arg)
+    return spelled
 
 
 def unknown_choice(args: list[str]) -> str | None:
@@ -54,7 +88,7 @@ def unknown_choice(args: list[str]) -> str | None:
     except Exception:
         return None  # not ours to judge: Hydra reports syntax errors itself
     for override in overrides:
-        if override.is_delete() or override.key_or_group not in groups():
+        if override.is_delete() or override.key_or_group not in [*groups(), *PLUGIN_GROUPS]:
             continue
         value = override.value()
         if isinstance(value, ChoiceSweep):
@@ -65,6 +99,9 @@ def unknown_choice(args: list[str]) -> str | None:
             continue  # glob(...) and ranges: Hydra expands those against the folder
         options = group_options(override.key_or_group)
         for choice in choices:
+            missing = missing_plugin(override.key_or_group, choice)
+            if missing:
+                return missing
             if choice not in options:
                 return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
                         f"choose one of: {', '.join(options)}")
@@ -124,9 +161,16 @@ def spell_trainer_overrides(args: list[str]) -> list[str]:
     return spelled
 
 
+HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
 def one_line(err: Exception) -> str:
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
         err = err.__cause__  # raised by our code inside a Hydra-instantiated target
+    if isinstance(err, OverrideParseException):
+        why = one_line(Exception(err.message.partition("See ")[0]))
+        return (f"could not parse {err.override!r}: {why}; quote a value with spaces or special characters "
+                f"(key='a b'); the grammar: {HYDRA_GRAMMAR}")
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
@@ -141,16 +185,4 @@ def compose_run_config(args: list[str], output_dir: str | None = None) -> DictCo
     return cfg
 
 
-DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")
-
-
-def dataset_settings(choice: str) -> dict[str, str]:
-    """What makes the dataset of `data=CHOICE` itself (DATASET_KEYS, as `data.KEY` override text): for a tool that
-    takes the rest of its data settings (the folder, batch sizes) from a checkpoint."""
-    problem = unknown_choice([f"data={choice}"])
-    if problem:
-        raise ConfigError(problem)
-    data = compose_run_config([f"data={choice}"]).data
-    return {f"data.{key}": str(data[key]) for key in DATASET_KEYS}
-
-
+DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")  # what makes a dataset

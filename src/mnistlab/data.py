@@ -45,14 +45,22 @@ def find_idx_files(root: Path, name: str, stems: list[str] = ALL_FILES) -> dict[
 
 
 def download(root: Path, name: str) -> str | None:
-    """Fetch `name` with torchvision into root/<DatasetClass>/raw; returns why it failed, or None."""
+    """Fetch `name` with torchvision into root/<DatasetClass>/raw; returns why it failed, or None. A failed
+    download leaves no empty folders behind."""
     print(f"{name}: no IDX files under {root}, downloading with torchvision ...")
+    raw = candidate_folders(root, name)[1]
+    made = [folder for folder in (raw, *raw.parents) if not folder.exists()]
     mirror_chatter = io.StringIO()
     try:
         with contextlib.redirect_stdout(mirror_chatter):
             TORCHVISION_DATASETS[name](str(root), train=True, download=True)
     except Exception as err:  # any failure to fetch ends in the same actionable message
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
+        for folder in made:  # innermost first; a folder the download wrote into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        # torchvision: "Error downloading F:", then per mirror "Tried URL, got:" and the cause; the last says why.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else type(err).__name__
     return None
 
 

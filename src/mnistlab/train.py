@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,11 +30,12 @@ from mnistlab.config import (
     compose_run_config,
     groups,
     one_line,
-    quote_values_with_equals,
+    shell_spelling,
     spell_trainer_overrides,
     unknown_choice,
     unknown_key,
 )
+from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
@@ -106,11 +108,40 @@ def train(cfg: DictConfig, check: bool = True) -> dict:
         check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with run_folder_lock(run_dir) if first_process() else contextlib.nullcontext():
-        return fit_and_test(cfg, run_dir)
+        try:
+            return fit_and_test(cfg, run_dir)
+        except BaseException:
+            if HydraConfig.get().mode != RunMode.MULTIRUN and nothing_saved(run_dir):
+                remove_run_folder(run_dir)  # a run that failed before saving anything: nothing to trip over
+            raise
+
+
+# What a run folder holds before its first checkpoint: Hydra's config, the lock, the log, the logger's folder.
+UNSAVED_RUN = {".hydra", ".lock", "train.log", "tensorboard"}
+
+
+def remove_run_folder(run_dir: Path) -> None:
+    """Remove a run folder, and the folders above it that it leaves empty (logs/NAME/runs), up to the working
+    folder."""
+    shutil.rmtree(run_dir)
+    here = Path.cwd()
+    for parent in run_dir.resolve().parents:
+        if parent == here or not parent.is_relative_to(here):
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: other runs live there
+            break
+
+
+def nothing_saved(run_dir: Path) -> bool:
+    """Whether a run folder holds nothing but what every run writes at its start: no checkpoint, no metrics."""
+    return {p.name for p in run_dir.iterdir()} <= UNSAVED_RUN and not any(run_dir.rglob("*.ckpt"))
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     """The run itself, in its locked folder: fit, test the chosen weights, write and print the metrics."""
+    route_logs(cfg.get("verbose", False))
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
@@ -120,13 +151,14 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
 
     # A resumed run times only the epochs it runs itself.
     epochs_before = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"] + 1 if resume_from else 0
+    print_start(cfg, module, trainer, run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
     names = cfg.task.metrics
     best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
     best = load_tested_weights(trainer, module, run_dir)
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=cfg.get("verbose", False))  # print_summary says it
 
     epochs = trainer.current_epoch
     metrics = {
@@ -145,6 +177,19 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def print_start(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer, run_dir: Path) -> None:
+    """One line before training: what trains on what, how, on which device, and where it writes."""
+    net = module.net
+    size = sum(p.numel() for p in net.parameters())
+    log.info(f"{type(net).__name__} ({size:,} parameters) on {cfg.data.name} from {cfg.data.root}: "
+          f"{plural(cfg.trainer.max_epochs, 'epoch')} at batch {cfg.data.batch_size}, {trainer.precision} on "
+          f"{trainer.strategy.root_device.type}; writing to {run_dir}")
+
+
 def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
     """The final metrics (the headline first; a best validation value of none: no validation split), the time,
     and where everything went."""
@@ -152,11 +197,12 @@ def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
     logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
     figures = "  ".join(f"{name} {metrics[name]:.4f}" for name in names if metrics[name] is not None)
     validated = metrics[names[-1]] is not None
-    print(f"\n{figures}  ({'' if validated else 'no validation split, '}{metrics['epochs']} epochs, "
+    epochs = plural(metrics["epochs"], "epoch")
+    log.info(f"{figures}  ({'' if validated else 'no validation split, '}{epochs}, "
           f"{metrics['seconds_per_epoch']:.1f} s per epoch{' with validation' if validated else ''})")
-    print(f"run folder    {run_dir}")
-    print(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
-    print(f"tensorboard   tensorboard --logdir {logdir}")
+    log.info(f"run folder    {run_dir}")
+    log.info(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
+    log.info(f"tensorboard   tensorboard --logdir {logdir}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -227,7 +273,7 @@ def main() -> None:
         problem = unknown_choice(args)
         if problem:
             raise ConfigError(problem)
-        args = quote_values_with_equals(spell_trainer_overrides(args))
+        args = shell_spelling(spell_trainer_overrides(args))
         sys.argv[1:] = precheck(args) if single_run(args) else args
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)

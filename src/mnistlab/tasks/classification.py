@@ -116,10 +116,11 @@ class Classifier(pl.LightningModule):
         loss, logits, labels = self.training_loss(*batch)
         # The epoch figures accumulate on the device. Each `self.log` call costs Lightning about half a
         # millisecond of Python, a fifth of a step here, so the step loss is logged only on the steps the
-        # logger writes (every trainer.log_every_n_steps), and the epoch figures once, at the epoch's end.
+        # logger writes (every trainer.log_every_n_steps) and on each epoch's first step (for the progress bar,
+        # whatever the epoch's length), and the epoch figures once, at the epoch's end.
         self.train_acc.update(logits, labels)
         self.train_loss.update(loss.detach(), len(labels))
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if batch_idx == 0 or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 

@@ -21,7 +21,7 @@ from mnistlab.config import (
     group_options,
     groups,
     one_line,
-    quote_values_with_equals,
+    shell_spelling,
     spell_trainer_overrides,
     unknown_choice,
     unknown_key,
@@ -65,7 +65,7 @@ def compose_tool(config_name: str, args: list[str]) -> DictConfig:
     problem = unknown_choice(args)
     if problem:
         raise ConfigError(problem)
-    args = quote_values_with_equals(spell_trainer_overrides(args))
+    args = shell_spelling(spell_trainer_overrides(args))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         base = compose(config_name)
         args = open_groups(args, base)
