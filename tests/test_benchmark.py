@@ -10,7 +10,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from mnistlab.tools.benchmark import main
+from mnistlab.tools.benchmark import caveats, main
 
 from .conftest import REPO, offline_env
 
@@ -47,6 +47,8 @@ def test_all_variants_report(synthetic_root, tmp_path):
     for package in ("python", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics"):
         assert re.search(rf"^versions .*\b{package} \d", result.stdout, re.MULTILINE), package
     assert re.search(r"^machine .*cores.*GPU", result.stdout, re.MULTILINE)
+    # 400 images once: the report says its ratios mean little.
+    assert "note: the shortest timed epoch took" in result.stdout and "note: 1 repeat(s)" in result.stdout
 
     report = json.loads(out.read_text())
     assert set(report) == {"machine", "versions", "data", "method", "settings", "results", "ratios"}
@@ -97,3 +99,16 @@ def test_a_run_the_benchmark_cannot_time_is_one_line(synthetic_root, args, expec
     result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--variants", "a", *args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr == expected
+
+
+def test_caveats_name_short_epochs_few_repeats_and_a_busy_machine():
+    def report(seconds: dict[str, list[float]]) -> dict:
+        results = {name: {"epoch_seconds": s, "epoch_seconds_median": sorted(s)[len(s) // 2]}
+                   for name, s in seconds.items()}
+        return {"results": results, "ratios": {"a2/b": 0.9}, "method": {"repeats": len(seconds["b"])}}
+
+    assert caveats(report({"a2": [5.0, 5.1, 5.2], "b": [4.5, 4.5, 4.6]})) == []
+    short, few = caveats(report({"a2": [0.5], "b": [0.4]}))
+    assert short.startswith("the shortest timed epoch took 0.40 s") and few.startswith("1 repeat(s)")
+    (busy,) = caveats(report({"a2": [5.0, 6.0, 5.1], "b": [4.5, 4.5, 4.6]}))
+    assert busy.startswith("the repeats of a2 spread 20% of their median")

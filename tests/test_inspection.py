@@ -225,8 +225,10 @@ def test_validation_figures_count_validation_passes(every, epochs, validate_ever
 def test_mistakes_figure_titles_each_image_with_true_and_predicted_names():
     figure = mistakes_figure(torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2]), torch.tensor([5, 7, 9]),
                              [f"c{i}" for i in range(10)])
-    texts = [text.get_text() for text in figure.axes[0].texts]
-    assert texts == ["c0 > c5", "c1 > c7", "c2 > c9"]
+    texts = [(text.get_text(), text.get_color(), text.get_fontsize()) for text in figure.axes[0].texts]
+    # The true class in black over the predicted one in red, each at 10 pt: readable at thumbnail size.
+    assert texts == [(name, color, 10) for true, guess in [("c0", "c5"), ("c1", "c7"), ("c2", "c9")]
+                     for name, color in [(true, "black"), (guess, "crimson")]]
 
 
 def test_flatten_spells_keys_as_overrides():

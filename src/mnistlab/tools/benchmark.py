@@ -426,6 +426,28 @@ def profile(cfg: DictConfig) -> str:
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
 
 
+# Below these, a ratio says more about start-up, per-epoch work and the machine's other load than about a step.
+SHORT_EPOCH_SECONDS, STEADY_SPREAD, STEADY_REPEATS = 2.0, 0.10, 3
+
+
+def caveats(report: dict) -> list[str]:
+    """Why the ratios of this report may mean little: epochs too short, too few repeats, repeats that disagree."""
+    notes, results = [], report["results"]
+    shortest = min(r["epoch_seconds_median"] for r in results.values())
+    if report["ratios"] and shortest < SHORT_EPOCH_SECONDS:
+        notes.append(f"the shortest timed epoch took {shortest:.2f} s: per-epoch work (validation, checkpoints, "
+                     "images) and noise weigh more than the steps; give more --train-images for per-step ratios")
+    if report["ratios"] and report["method"]["repeats"] < STEADY_REPEATS:
+        notes.append(f"{report['method']['repeats']} repeat(s): use --repeats {STEADY_REPEATS} or more before "
+                     "trusting a ratio")
+    for name, r in results.items():
+        spread = (max(r["epoch_seconds"]) - min(r["epoch_seconds"])) / r["epoch_seconds_median"]
+        if spread > STEADY_SPREAD:
+            notes.append(f"the repeats of {name} spread {spread:.0%} of their median: the machine was busy, and the "
+                         "ratios are uncertain by about that much")
+    return notes
+
+
 def print_report(report: dict) -> None:
     m, data, method = report["machine"], report["data"], report["method"]
     print(f"\nmachine   {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU {m['gpu']}, "
@@ -440,6 +462,8 @@ def print_report(report: dict) -> None:
     print("\n" + table(report["results"], report["settings"]) + "\n")
     for key, value in report["ratios"].items():
         print(f"{key:<5} = {value:.2f}  (train img/s of {RATIOS[key]})")
+    for line in caveats(report):
+        print(f"note: {line}")
     if "profile" in report:
         print(f"\nprofile of a, {PROFILE_STEPS} training steps + validation + epoch end:\n{report['profile']}")
 
