@@ -69,3 +69,9 @@ def test_a_run_that_fails_before_training_leaves_nothing_behind(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no mnist data in datasets/mnist" in errors[0] and "the download failed (" in errors[0]
     assert list(tmp_path.iterdir()) == []  # no logs/default/runs/<time>, no datasets/mnist/MNIST/raw
+
+
+def test_an_experiment_without_its_plus_says_to_add_it():
+    with pytest.raises(ConfigError, match=r"^experiment=mixup needs a \+: \+experiment=mixup \(experiment is not in "
+                                          r"the defaults list, so it is added\)$"):
+        precheck(["experiment=mixup"])

@@ -5,6 +5,7 @@ import difflib
 import importlib.metadata
 import inspect
 import os
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -167,6 +168,10 @@ HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 def one_line(err: Exception) -> str:
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
         err = err.__cause__  # raised by our code inside a Hydra-instantiated target
+    added = re.search(r"To append to your default list use \+(\S+)", str(err))
+    if added:  # a group that is not in the defaults list is added, not overridden
+        group = added.group(1).split("=")[0]
+        return f"{added.group(1)} needs a +: +{added.group(1)} ({group} is not in the defaults list, so it is added)"
     if isinstance(err, OverrideParseException):
         why = one_line(Exception(err.message.partition("See ")[0]))
         return (f"could not parse {err.override!r}: {why}; quote a value with spaces or special characters "

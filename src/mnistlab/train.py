@@ -244,7 +244,11 @@ def precheck(args: list[str]) -> list[str]:
         cfg = compose_run_config(args)
     except HydraException as err:
         choices = [a for a in args if a.lstrip("+~").split("=")[0] in groups()]  # what sets which keys exist
-        raise ConfigError(unknown_key(args, compose_run_config(choices), groups()) or one_line(err)) from None
+        try:
+            problem = unknown_key(args, compose_run_config(choices), groups())
+        except HydraException:
+            problem = None  # a choice itself is wrong (experiment=X without its +): Hydra's message says which
+        raise ConfigError(problem or one_line(err)) from None
     check_config(cfg)
     folder = Path(cfg.hydra.run.dir)
     if cfg.get("ckpt_path") == "last" and not any(a.startswith("hydra.run.dir=") for a in args):
