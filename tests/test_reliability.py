@@ -210,9 +210,10 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint
 def test_ddp_on_two_cpu_processes_trains_and_tests_with_synced_metrics(synthetic_root, tmp_path):
     run_dir = tmp_path / "run"
     result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "trainer=ddp",
-                       "trainer.accelerator=cpu", "callbacks=minimal", "trainer.precision=32-true", timeout=600)
+                       "trainer.accelerator=cpu", "callbacks=minimal", "trainer.precision=32-true", "verbose=true",
+                       timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout  # verbose
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run folder for both ranks
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Each rank tested half the test set; the synced figures equal one process testing all of it.
