@@ -6,6 +6,7 @@ import fcntl
 import inspect
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mnistlab import __version__
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
@@ -22,6 +24,10 @@ from mnistlab.models.ensemble import Ensemble
 
 LAST = "last.ckpt"
 INTERRUPTED = "interrupted.ckpt"
+LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")  # what every Lightning checkpoint holds
+# Every checkpoint says which mnistlab wrote it, in which format (Classifier.on_save_checkpoint): a later
+# format change makes older mnistlabs name the version to upgrade to instead of failing somewhere inside.
+MNISTLAB_KEY, CHECKPOINT_FORMAT = "mnistlab", 1
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -102,6 +108,7 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     path = run_dir / "checkpoints" / LAST if ckpt_path == "last" else Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
+    read_checkpoint(path, "ckpt_path")  # unsafe, foreign or newer: one line, before the run writes anything
     return str(path)
 
 
@@ -123,22 +130,39 @@ def existing_checkpoint(checkpoint: str | Path, what: str) -> Path:
     return path
 
 
-def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
+def read_checkpoint(checkpoint: str | Path, what: str) -> dict:
+    """A mnistlab checkpoint's contents, loaded safely (`weights_only`: tensors and plain values, never code).
+    A missing, unreadable, unsafe or foreign file, or one from a newer mnistlab, is one ConfigError line naming
+    the setting `what` that pointed at it."""
     path = existing_checkpoint(checkpoint, what)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"{what}={checkpoint}: not a readable Lightning checkpoint ({err})") from None
+        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+    missing = [key for key in LIGHTNING_KEYS if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        held = ", ".join(map(repr, list(saved)[:6])) if isinstance(saved, dict) else type(saved).__name__
+        raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint (no {missing[0]!r} entry; it holds "
+                          f"{held or 'nothing'})")
+    written = saved.get(MNISTLAB_KEY, {})
+    if written.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
+        raise ConfigError(f"{what}={checkpoint}: written by mnistlab {written.get('version')} in checkpoint format "
+                          f"{written['format']}; this mnistlab ({__version__}) reads format {CHECKPOINT_FORMAT} and "
+                          "older: upgrade mnistlab to read it")
+    return saved
+
+
+def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The network's tensors from a mnistlab checkpoint (`net.` prefix removed); `what` names the setting."""
+    state = read_checkpoint(checkpoint, what)["state_dict"]
     return {name.removeprefix("net."): tensor for name, tensor in state.items() if name.startswith("net.")}
 
 
 def load_network(checkpoint: str | Path, what: str) -> torch.nn.Module:
     """A trained network alone (on the CPU, in eval mode), rebuilt from the model config saved with its weights;
     `what` names the setting that pointed at the checkpoint. Bad files end in one ConfigError line."""
-    path = existing_checkpoint(checkpoint, what)
+    saved = read_checkpoint(checkpoint, what)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
         net = instantiate(current_target(saved["hyper_parameters"]["model"]))
         net.load_state_dict({name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
                              if name.startswith("net.")})
@@ -154,9 +178,16 @@ def unreadable_reason(err: Exception) -> str:
         details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
         details = details if len(details) <= 240 else details[:240] + " ..."
         return f"its weights do not fit the model config saved with them ({details})"
+    unsafe = re.search(r"GLOBAL (\S+)", text)  # what a weights_only load refused to import
+    if unsafe:
+        return (f"it holds Python objects ({unsafe.group(1)}) that a safe load (weights_only) refuses to run, and "
+                "nothing of it ran; a mnistlab checkpoint holds only tensors and plain values")
+    located = re.search(r"Error locating target '([^']+)'", text)
+    if located:
+        return f"its network {located.group(1)} does not exist in this mnistlab ({__version__})"
     if isinstance(err, KeyError):
         return f"not a mnistlab checkpoint (no {err} entry)"
-    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:
+    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:  # garbage, cut short
         return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
     return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
 
@@ -166,10 +197,7 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNI
     overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
     `.std`). Downloading stays off unless `data.download=true`."""
     path = existing_checkpoint(checkpoint, "ckpt_path")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
-    except Exception as err:
-        raise ConfigError(f"ckpt_path={checkpoint}: {unreadable_reason(err)}") from None
+    saved = read_checkpoint(path, "ckpt_path").get("datamodule_hyper_parameters")
     run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
     if saved is None and run_config.is_file():
         data = OmegaConf.load(run_config).data

@@ -24,7 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.callbacks import load_tested_weights
-from mnistlab.checkpoints import check_not_in_use, resume_checkpoint, run_folder_lock, unfinished_run
+from mnistlab.checkpoints import (
+    check_not_in_use,
+    read_checkpoint,
+    resume_checkpoint,
+    run_folder_lock,
+    unfinished_run,
+)
 from mnistlab.config import (
     CONFIG_DIR,
     compose_run_config,
@@ -150,7 +156,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule, module, trainer = build_run(cfg)
 
     # A resumed run times only the epochs it runs itself.
-    epochs_before = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"] + 1 if resume_from else 0
+    epochs_before = read_checkpoint(resume_from, "ckpt_path")["epoch"] + 1 if resume_from else 0
     print_start(cfg, module, trainer, run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)

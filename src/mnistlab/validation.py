@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab.checkpoints import existing_checkpoint, teacher_checkpoints
+from mnistlab.checkpoints import read_checkpoint, teacher_checkpoints
 from mnistlab.errors import ConfigError
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
@@ -150,9 +150,9 @@ def check_config(cfg: DictConfig) -> None:
                           "keep a validation split for the search, and use val_size=0 for the final fit")
     tricks = settings.get("tricks") or {}
     for path in teacher_checkpoints(tricks.get("distill_teacher")):
-        existing_checkpoint(path, "tricks.distill_teacher")
+        read_checkpoint(path, "tricks.distill_teacher")
     if tricks.get("init_from"):
-        existing_checkpoint(tricks["init_from"], "tricks.init_from")
+        read_checkpoint(tricks["init_from"], "tricks.init_from")
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "

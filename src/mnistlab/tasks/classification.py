@@ -9,8 +9,15 @@ from hydra.utils import instantiate
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnistlab import tricks
-from mnistlab.checkpoints import existing_checkpoint, load_teacher, unreadable_reason
+from mnistlab import __version__, tricks
+from mnistlab.checkpoints import (
+    CHECKPOINT_FORMAT,
+    MNISTLAB_KEY,
+    existing_checkpoint,
+    load_teacher,
+    read_checkpoint,
+    unreadable_reason,
+)
 from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
 from mnistlab.validation import check_values
@@ -87,6 +94,7 @@ class Classifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None:  # mnistlab-eval tests at the precision the run trained at
             checkpoint["precision"] = self._trainer.precision
+        checkpoint[MNISTLAB_KEY] = {"version": __version__, "format": CHECKPOINT_FORMAT}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_precision = checkpoint.get("precision", "32-true")  # for mnistlab-eval
@@ -172,6 +180,7 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     Missing, corrupt and mismatched files end in one ConfigError line. Its hparams read no teacher and no transfer
     source: the saved weights already hold what they gave."""
     path = existing_checkpoint(checkpoint, what)
+    read_checkpoint(path, what)  # safe, and a mnistlab checkpoint: else one line naming what is wrong
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
         # needed (they may be gone).
