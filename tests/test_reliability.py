@@ -4,6 +4,7 @@ trains on 2 CPU processes with synced metrics, all through the real `python trai
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.checkpoints import AtomicCheckpointIO
 from mnistlab.errors import ConfigError
@@ -256,3 +258,59 @@ def test_a_second_process_cannot_write_a_live_run_folder(larger_root, tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config  # nothing of the live run was touched
     first.communicate(timeout=600)
     assert first.returncode == 0 and (run_dir / "metrics.json").is_file()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 6 MiB file system (tmpfs): room for one checkpoint of the seed network, not two. Needs the right
+    to mount; skipped, saying why, where it is not given."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_in_one_line_and_keeps_what_was_saved(synthetic_root, small_disk):
+    run_dir = small_disk / "run"
+    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "callbacks=minimal")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert errors[0].startswith(f"error: no space left in {run_dir / 'checkpoints'} for ")
+    assert re.search(r"a checkpoint needs 3\.\d MiB, \d\.\d MiB is free; the earlier checkpoints are intact", errors[0])
+    assert not list(run_dir.rglob("*.partial"))
+    (saved,) = run_dir.rglob("*.ckpt")  # the one written before the disk filled, whole
+    assert torch.load(saved, map_location="cpu", weights_only=True)["epoch"] == 0
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert "train/loss_step" in events.Tags()["scalars"]
+
+
+def test_a_run_never_overwrites_a_finished_one(tmp_path):
+    finished = tmp_path / "run"
+    finished.mkdir()
+    (finished / "metrics.json").write_text('{"test/acc": 0.9}\n')
+    with pytest.raises(ConfigError, match=rf"^{finished} holds a finished run \(metrics.json\): a run never "
+                                          "overwrites another; give another hydra.run.dir, or remove that folder$"):
+        precheck([f"hydra.run.dir={finished}"])
+    assert (finished / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
+
+
+@pytest.mark.slow
+def test_a_sweep_never_overwrites_an_earlier_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, finished in [("0", True), ("1", False)]:  # one finished job, one that failed or was cut short
+        (sweep / job / ".hydra").mkdir(parents=True)
+        if finished:
+            (sweep / job / "metrics.json").write_text('{"test/acc": 0.9}\n')
+    before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    result = run_train("-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {sweep} holds 2 jobs of an earlier sweep (1 finished): a sweep never "
+                             f"overwrites another; give another hydra.sweep.dir, or remove {sweep}\n")
+    assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
+    assert (sweep / "0" / "metrics.json").read_text() == '{"test/acc": 0.9}\n'

@@ -2,11 +2,14 @@
 run folder, and finding the run that `ckpt_path=last` resumes."""
 
 import contextlib
+import errno
 import fcntl
 import inspect
+import io
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -18,7 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab import __version__
 from mnistlab.data import MNISTDataModule
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, DiskFullError
 from mnistlab.models.contract import current_target
 from mnistlab.models.ensemble import Ensemble
 
@@ -32,15 +35,33 @@ MNISTLAB_KEY, CHECKPOINT_FORMAT = "mnistlab", 1
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file beside their target, flushed to disk, then renamed over it:
-    a kill during the write leaves the previous file intact (a rename within a folder is atomic)."""
+    a kill during the write leaves the previous file intact (a rename within a folder is atomic). A full disk
+    removes the partial file and ends the run in one line that says how much space a checkpoint needs."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(partial, "wb") as written:
+                written.write(buffer.getbuffer())
+                written.flush()
+                os.fsync(written.fileno())
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFullError(f"no space left in {path.parent} for {path.name}: a checkpoint needs "
+                                f"{mib(buffer.tell())}, {mib(free)} is free; the earlier checkpoints are intact: "
+                                "free some space, then resume with ckpt_path=last") from None
         os.replace(partial, path)
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 class SaveOnInterrupt(pl.Callback):
@@ -82,6 +103,27 @@ def run_folder_lock(folder: Path):
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
+
+
+def check_not_finished(folder: Path) -> None:
+    """A run never overwrites a finished one (its metrics.json): one line instead."""
+    if (folder / "metrics.json").is_file():
+        raise ConfigError(f"{folder} holds a finished run (metrics.json): a run never overwrites another; give "
+                          "another hydra.run.dir, or remove that folder")
+
+
+def check_sweep_folder(args: list[str]) -> None:
+    """A sweep whose explicit hydra.sweep.dir holds the jobs of an earlier sweep stops in one line: Hydra would
+    overwrite them job by job, and mnistlab-report would mix the two."""
+    given = [arg.split("=", 1)[1].strip("'\"") for arg in args if arg.startswith("hydra.sweep.dir=")]
+    if not given or "${" in given[-1]:
+        return  # the default folder is named for the time it starts: always new
+    folder = Path(given[-1]).expanduser()
+    jobs = sorted(folder.glob("*/.hydra"))
+    if jobs:
+        finished = sum((job.parent / "metrics.json").is_file() for job in jobs)
+        raise ConfigError(f"{folder} holds {len(jobs)} jobs of an earlier sweep ({finished} finished): a sweep never "
+                          f"overwrites another; give another hydra.sweep.dir, or remove {folder}")
 
 
 def check_not_in_use(folder: Path) -> None:

@@ -19,3 +19,7 @@ class NonFiniteLossError(MnistlabError):
 
 class NotLearningError(MnistlabError):
     """The training loss stayed at chance level: the network answers every image alike."""
+
+
+class DiskFullError(MnistlabError):
+    """A checkpoint did not fit on its disk; the earlier checkpoints are intact."""

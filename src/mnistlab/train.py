@@ -25,7 +25,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from mnistlab.callbacks import load_tested_weights
 from mnistlab.checkpoints import (
+    check_not_finished,
     check_not_in_use,
+    check_sweep_folder,
     read_checkpoint,
     resume_checkpoint,
     run_folder_lock,
@@ -263,6 +265,7 @@ def precheck(args: list[str]) -> list[str]:
         args = [*args, f"hydra.run.dir={folder}"]
     resume_checkpoint(cfg.get("ckpt_path"), folder)  # a missing file: one line, and no run folder made
     if first_process():
+        check_not_finished(folder)
         check_not_in_use(folder)
     return args
 
@@ -284,7 +287,11 @@ def main() -> None:
         if problem:
             raise ConfigError(problem)
         args = shell_spelling(spell_trainer_overrides(args))
-        sys.argv[1:] = precheck(args) if single_run(args) else args
+        if single_run(args):
+            args = precheck(args)
+        else:
+            check_sweep_folder(args)
+        sys.argv[1:] = args
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
