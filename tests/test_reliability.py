@@ -314,3 +314,36 @@ def test_a_sweep_never_overwrites_an_earlier_one(tmp_path):
                              f"overwrites another; give another hydra.sweep.dir, or remove {sweep}\n")
     assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
     assert (sweep / "0" / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
+
+
+@pytest.mark.slow
+def test_slurm_preemption_requeues_the_job_and_the_requeued_job_resumes_in_its_folder(larger_root, tmp_path):
+    """SLURM's warning signal before the time limit (#SBATCH --signal=SIGUSR1@90): Lightning saves its HPC
+    checkpoint and asks SLURM to requeue the job; the time limit's SIGTERM ends it (143); the requeued job, the
+    same command under the same job id, resumes in the same folder and finishes."""
+    calls, bin_dir, work = tmp_path / "scontrol.calls", tmp_path / "bin", tmp_path / "work"
+    bin_dir.mkdir()
+    work.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**offline_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0"}
+    run_dir = work / "logs" / "default" / "runs" / "slurm-4242"
+    first = subprocess.Popen(command(larger_root), cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGUSR1)
+    wait_for(calls, first)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert first.returncode == 143
+    assert calls.read_text().split() == ["requeue", "4242"]
+    (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
+    assert not (run_dir / "metrics.json").exists()
+
+    second = subprocess.run(command(larger_root), cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 5
+    assert f"Restoring states from the checkpoint path at {hpc}" in (run_dir / "train.log").read_text()
+    assert [p.name for p in (work / "logs" / "default" / "runs").iterdir()] == ["slurm-4242"]

@@ -1,14 +1,16 @@
 """Training plumbing that any task gets by adding a callback (configs/callbacks/minimal.yaml lists them for every
-run): a weight average whose decay grows with the run, the random streams saved with each checkpoint, and stops for
-a run whose loss is nan or that is not learning."""
+run): a weight average whose decay grows with the run, the random streams saved with each checkpoint, stops for a
+run whose loss is nan or that is not learning, and SLURM's requeue between two steps."""
 
 import math
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import WeightAveraging
 
 from mnistlab.errors import ConfigError, NonFiniteLossError, NotLearningError
@@ -171,3 +173,27 @@ class StopIfNonFinite(pl.Callback):
         raise NonFiniteLossError(f"the training loss became nan or inf at step {step} (epoch {trainer.current_epoch}"
                                  f"): training stopped; {kept}. Lower optimizer.lr or add warmup "
                                  "(scheduler.warmup_epochs)")
+
+
+class SlurmRequeue(pl.Callback):
+    """SLURM's warning before the time limit (`#SBATCH --signal=SIGUSR1@90`) handled at the end of the current
+    step. Lightning saves its HPC checkpoint and requeues the job from inside the signal handler, where a lock held
+    by the interrupted step (TensorBoard's event writer, a log handler) can deadlock the process; here the handler
+    only sets a flag, and Lightning's same save-and-requeue runs between two steps. Outside SLURM it does nothing."""
+
+    def __init__(self):
+        self.warned = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning has installed its own handler by now (after on_fit_start): this one takes its place.
+        if SLURMEnvironment.detect() and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGUSR1, self.warn)
+
+    def warn(self, signum: int, frame) -> None:
+        self.warned = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self.warned:
+            self.warned = False
+            trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)

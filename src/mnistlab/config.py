@@ -6,6 +6,7 @@ import importlib.metadata
 import inspect
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -26,6 +27,21 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
+
+
+def run_stamp() -> str:
+    """The last part of a run folder's name: the time it starts, or in a SLURM batch job `slurm-JOBID` (with the
+    array task), so that a job SLURM requeues comes back to its own folder and Lightning resumes it from the
+    checkpoint it saved on SLURM's warning signal. Interactive allocations (srun bash) count as no job, as
+    Lightning counts them."""
+    job, name = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NAME")
+    if job is None or name in ("bash", "interactive"):
+        return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm-{array}_{task}" if array and task else f"slurm-{job}"
+
+
+OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
 
 
 def groups() -> list[str]:
