@@ -4,16 +4,22 @@ range. Each problem is one line naming the key, the value and what is allowed.""
 
 import inspect
 import numbers
+import types
+import typing
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_object
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from typeguard import TypeCheckError, check_type
 
 from mnistlab.checkpoints import read_checkpoint, teacher_checkpoints
+from mnistlab.config import one_line
 from mnistlab.errors import ConfigError
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -45,6 +51,9 @@ RULES = {
                 "true, false or one of " + ", ".join(COMPILE_MODES)),
     "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
     "task.metrics.mode": (one_of("max", "min"), "max or min"),
+    "task.metrics.test": (lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value),
+                          "a list of metric names, e.g. [test/acc, test/loss]"),
+    "logger.tensorboard.default_hp_metric": (one_of(True, False), "true or false"),
     "data.batch_size": (integer(1), "an integer >= 1"),
     "data.eval_batch_size": (integer(1), "an integer >= 1"),
     "data.val_size": (integer(0), "an integer >= 0 (0: no validation, every training image trains), below "
@@ -53,7 +62,7 @@ RULES = {
                         "null (every training image) or an integer >= 1, at most what data.val_size leaves"),
     "data.image_size": (integer(1), "an integer >= 1"),
     "data.num_classes": (integer(2), "an integer >= 2"),
-    "data.mean": (number(), "a number"),
+    "data.mean": (number(0, 1), "in [0, 1] (pixels are scaled to [0, 1] first)"),
     "data.std": (number(0, low_open=True), "> 0"),
     "model.kernel_size": (integer(1), "an integer >= 1"),
     "model.dilation": (integer(1), "an integer >= 1"),
@@ -66,6 +75,7 @@ RULES = {
     "optimizer.momentum": (number(0, 1, high_open=True), "in [0, 1)"),
     "scheduler.warmup_epochs": (number(0), ">= 0, below trainer.max_epochs"),
     "trainer.max_epochs": (integer(1), "an integer >= 1"),
+    "trainer.accelerator": (one_of(*ACCELERATORS), "one of " + ", ".join(ACCELERATORS)),
     "trainer.precision": (one_of(*PRECISIONS), "one of " + ", ".join(PRECISIONS) + " (bf16-true, 16-true and 64-true "
                           "runs are not supported)"),
     "trainer.deterministic": (one_of(True, False, "warn"), "true, false or warn"),
@@ -84,9 +94,32 @@ RULES = {
     "tricks.init_from": (lambda value: value is None or isinstance(value, str), "null or one checkpoint path"),
     "tricks.freeze_conv": (one_of(True, False), "true or false"),
     "tricks.channels_last": (one_of(True, False, "auto"), "true, false or auto"),
+    "verbose": (one_of(True, False), "true or false"),
+    "data.seed": (integer(0, 2**32 - 1), "an integer in [0, 2**32)"),
+    "data.in_channels": (integer(1), "an integer >= 1"),
+    "data.download": (one_of(True, False), "true or false"),
+    "scheduler.warmup_start_factor": (number(0, 1, low_open=True), "in (0, 1]"),
+    "scheduler.warmup_min_steps": (integer(0), "an integer >= 0"),
+    "trainer.log_every_n_steps": (integer(1), "an integer >= 1"),
+    "trainer.check_val_every_n_epoch": (lambda value: value is None or integer(1)(value), "null or an integer >= 1"),
+    "callbacks.model_checkpoint.save_top_k": (integer(-1), "an integer >= -1 (-1: every checkpoint, 0: none)"),
+    "callbacks.model_checkpoint.mode": (one_of("max", "min"), "max or min"),
+    "callbacks.progress_bar.refresh_rate": (integer(0), "an integer >= 0 (0: no progress bar)"),
+    "callbacks.not_learning.min_steps": (integer(0), "an integer >= 0"),
+    "callbacks.not_learning.tolerance": (number(0, 1), "in [0, 1]"),
+    "callbacks.validation_analysis.calibration_bins": (integer(1), "an integer >= 1"),
     **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = never)")
        for name in ("filters.every_n_epochs", "feature_maps.every_n_epochs", "histograms.every_n_epochs",
                     "validation_analysis.figures_every_n_epochs")},
+    **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = none)")
+       for name in ("feature_maps.num_images", "first_batch.num_images", "validation_analysis.num_mistakes",
+                    "embedding.num_images")},
+    # The per-image augmentation (data.augment, and what data.augment=recipe picks).
+    **{f"data.{group}.{name}": (check, allowed) for group in ("augment", "recipe_augment")
+       for name, check, allowed in [("degrees", number(0, 180), "in [0, 180]"),
+                                    ("translate", number(0, 1), "in [0, 1]"),
+                                    ("scale", number(0, 1, high_open=True), "in [0, 1)"),
+                                    ("hflip", number(0, 1), "in [0, 1]"), ("erase", number(0, 1), "in [0, 1]")]},
 }
 
 
@@ -119,12 +152,58 @@ def accepted_keys(target: str, skip: tuple[str, ...] = ()) -> set[str] | None:
 
 
 def check_keys(section: str, settings: dict, target: str, skip: tuple[str, ...] = ()) -> None:
+    """Every key of `settings` is an argument of `target`, and its value has the argument's annotated type."""
     allowed = accepted_keys(target, skip)
-    if allowed is None:
-        return
-    for key in settings:
-        if not key.startswith("_") and key not in allowed:
-            raise ConfigError(f"unknown key {section}.{key}: {target} takes {', '.join(sorted(allowed))}")
+    if allowed is not None:
+        for key in settings:
+            if not key.startswith("_") and key not in allowed:
+                raise ConfigError(f"unknown key {section}.{key}: {target} takes {', '.join(sorted(allowed))}")
+    hints = annotations(target)
+    for key, value in settings.items():
+        if key.startswith("_") or key not in hints or key in skip or configures_objects(value):
+            continue
+        if not has_type(value, hints[key]):
+            shown = repr(value) if isinstance(value, str) else value
+            raise ConfigError(f"{section}.{key}={shown} must be {describe(hints[key])}")
+
+
+def has_type(value, hint) -> bool:
+    """Whether `value` fits the annotation `hint`; a YAML list stands for a tuple too."""
+    for candidate in [value, tuple(value)] if isinstance(value, list) else [value]:
+        try:
+            check_type(candidate, hint)
+            return True
+        except TypeCheckError:
+            pass
+    return False
+
+
+def annotations(target: str) -> dict:
+    """The annotated types of `target`'s arguments; none where they do not resolve (the keys are still checked)."""
+    obj = get_object(target)
+    try:
+        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:
+        return {}
+
+
+def configures_objects(value) -> bool:
+    """A value Hydra turns into objects (`_target_` dicts, lists of them): their own keys are theirs to check."""
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(item, dict) and "_target_" in item for item in items)
+
+
+def describe(hint) -> str:
+    """A type annotation as a user reads it: `Optional[int]` -> `an integer or null`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe(arg) for arg in args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(arg) for arg in args)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return f"a list{' of ' + describe(args[0]).removeprefix('an ').removeprefix('a ') + 's' if args else ''}"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -153,6 +232,13 @@ def check_config(cfg: DictConfig) -> None:
         read_checkpoint(path, "tricks.distill_teacher")
     if tricks.get("init_from"):
         read_checkpoint(tricks["init_from"], "tricks.init_from")
+    if "_target_" in (settings.get("model") or {}):
+        # The network itself: settings that only make sense together (ResNet-B needs bottleneck blocks) fail
+        # here, before a run folder exists. Building one costs milliseconds.
+        try:
+            instantiate(settings["model"])
+        except InstantiationException as err:
+            raise ConfigError(one_line(err)) from None
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "

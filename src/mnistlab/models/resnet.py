@@ -18,6 +18,7 @@ The tweaks (the paper's figure 2), each changing one thing:
 """
 
 from collections import OrderedDict
+from typing import Literal
 
 import torch
 from torch import nn
@@ -101,8 +102,8 @@ class ResNet(nn.Module):
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
                  widths: tuple[int, int, int] = (16, 32, 64), blocks: tuple[int, int, int] = (2, 2, 2),
-                 block: str = "bottleneck", stride_on_3x3: bool = False, deep_stem: bool = False,
-                 avg_down: bool = False, zero_gamma: bool = False, dropout: float = 0.0):
+                 block: Literal["basic", "bottleneck"] = "bottleneck", stride_on_3x3: bool = False,
+                 deep_stem: bool = False, avg_down: bool = False, zero_gamma: bool = False, dropout: float = 0.0):
         super().__init__()
         if block not in BLOCKS:
             raise ConfigError(f"model.block={block!r} must be one of {', '.join(BLOCKS)}")
