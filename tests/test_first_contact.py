@@ -25,7 +25,7 @@ def test_a_home_folder_and_lightning_file_names_are_spelled_for_hydra():
 def test_a_plugin_choice_without_its_plugin_names_the_install_command(monkeypatch):
     monkeypatch.setitem(config.PLUGINS, ("hydra/launcher", "joblib"), "no-such-hydra-plugin")
     assert config.unknown_choice(["hydra/launcher=joblib"]) == (
-        "hydra/launcher=joblib needs the Hydra plugin no-such-hydra-plugin, which is not installed: "
+        "hydra/launcher=joblib needs no-such-hydra-plugin, which is not installed: "
         "pip install -e '.[sweep]' (mnistlab's sweep extra) installs it")
     assert config.unknown_choice(["hydra/launcher=submitit_local"]) is None  # installed with the sweep extra
 

@@ -74,7 +74,7 @@ def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root
     result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", f"data.root={synthetic_root}",
                        f"hydra.sweep.dir={sweep}", *searched)
     assert result.returncode == 0, result.stderr[-3000:]
-    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = json.loads((sweep / "optimization_results.json").read_text())
     trials = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
     assert len(trials) == 3
     assert best["best_value"] == pytest.approx(max(t["val/acc_best"] for t in trials))

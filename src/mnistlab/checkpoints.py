@@ -114,10 +114,12 @@ def check_not_finished(folder: Path) -> None:
 
 def check_sweep_folder(args: list[str]) -> None:
     """A sweep whose explicit hydra.sweep.dir holds the jobs of an earlier sweep stops in one line: Hydra would
-    overwrite them job by job, and mnistlab-report would mix the two."""
+    overwrite them job by job, and mnistlab-report would mix the two. An Optuna search continues instead."""
     given = [arg.split("=", 1)[1].strip("'\"") for arg in args if arg.startswith("hydra.sweep.dir=")]
     if not given or "${" in given[-1]:
         return  # the default folder is named for the time it starts: always new
+    if any(arg.startswith(("hparams_search=optuna", "hydra/sweeper=mnistlab_optuna")) for arg in args):
+        return  # an Optuna search continues its study there, trial by trial
     folder = Path(given[-1]).expanduser()
     jobs = sorted(folder.glob("*/.hydra"))
     if jobs:

@@ -49,10 +49,10 @@ def groups() -> list[str]:
     return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
 
 
-# Hydra's plugin groups that users pick from the command line, and the plugins behind mnistlab's choices, which
+# Hydra's plugin groups that users pick from the command line, and the packages behind mnistlab's choices, which
 # come with its sweep extra.
 PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper")
-PLUGINS = {("hydra/sweeper", "optuna"): "hydra-optuna-sweeper", ("hparams_search", "optuna"): "hydra-optuna-sweeper",
+PLUGINS = {("hydra/sweeper", "mnistlab_optuna"): "optuna", ("hparams_search", "optuna"): "optuna",
            ("hydra/launcher", "joblib"): "hydra-joblib-launcher",
            ("hydra/launcher", "submitit_local"): "hydra-submitit-launcher",
            ("hydra/launcher", "submitit_slurm"): "hydra-submitit-launcher"}
@@ -76,7 +76,7 @@ def missing_plugin(group: str, choice: str) -> str | None:
         importlib.metadata.version(plugin)
         return None
     except importlib.metadata.PackageNotFoundError:
-        return (f"{group}={choice} needs the Hydra plugin {plugin}, which is not installed: "
+        return (f"{group}={choice} needs {plugin}, which is not installed: "
                 "pip install -e '.[sweep]' (mnistlab's sweep extra) installs it")
 
 

@@ -47,6 +47,7 @@ from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
+from mnistlab.search import OptunaPruning, record_pruned, share_cores, trial_number
 from mnistlab.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,10 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
 
     parts = OmegaConf.to_container(cfg, resolve=True)
-    datamodule, module, trainer = build_run(cfg)
+    trial = trial_number()
+    pruning = None if trial is None else OptunaPruning(trial, cfg.task.metrics.monitor)
+    datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))
+    share_cores(trainer.strategy.root_device.type)
 
     # A resumed run times only the epochs it runs itself.
     epochs_before = read_checkpoint(resume_from, "ckpt_path")["epoch"] + 1 if resume_from else 0
@@ -163,6 +167,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = time.perf_counter() - start
+    if pruning is not None and pruning.pruned_at is not None:
+        record_pruned(run_dir, pruning)
     names = cfg.task.metrics
     best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
     best = load_tested_weights(trainer, module, run_dir)
@@ -223,6 +229,8 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         message = one_line(err)
+        if type(err).__name__ == "TrialPruned":
+            raise  # not a failure: the Optuna sweeper records the trial as pruned
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return record_failure(message, cfg.task.metrics.mode)
         if isinstance(err, (MnistlabError, InstantiationException, MisconfigurationException)):

@@ -68,9 +68,13 @@ def collect(sweep_dir: Path) -> list[Job]:
     jobs = []
     for folder in folders:
         overrides = parse_overrides(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or [])
-        metrics_file, failure_file = folder / "metrics.json", folder / "failure.json"
+        metrics_file, failure_file, pruned_file = (folder / name for name in ("metrics.json", "failure.json",
+                                                                              "pruned.json"))
         if metrics_file.is_file():
             jobs.append(Job(folder, overrides, json.loads(metrics_file.read_text()), None))
+        elif pruned_file.is_file():
+            epoch = json.loads(pruned_file.read_text())["epoch"]
+            jobs.append(Job(folder, overrides, None, f"pruned by the Optuna pruner after epoch {epoch}"))
         elif failure_file.is_file():
             jobs.append(Job(folder, overrides, None, json.loads(failure_file.read_text())["error"]))
         else:
@@ -132,7 +136,7 @@ def markdown(keys: list[str], table: list[dict], jobs: list[Job], metrics: list[
         lines.append("| " + " | ".join([*labels, str(row["runs"]), str(row["failed"]), *numbers]) + " |")
     failures = [job for job in jobs if job.metrics is None]
     if failures:
-        lines += ["", "Failed jobs:"]
+        lines += ["", "Failed and pruned jobs:"]
         for job in failures:
             settings = " ".join(f"{key}={job.overrides.get(key, '-')}" for key in keys)
             lines.append(f"- job {job.folder.name} ({settings or 'no varying override'}): {job.error}")
@@ -173,6 +177,41 @@ def write_chart(path: Path, keys: list[str], table: list[dict], headline: tuple[
     plt.close(figure)
 
 
+def study_view(sweep_dir: Path) -> str:
+    """For an Optuna search (hparams_search=optuna): the study's best trial, its trials by state, and Optuna's
+    optimization history, parameter importances and parallel coordinates as PNG files in the sweep folder."""
+    where = sweep_dir / "optuna_study.json"  # written by the sweeper when the search starts
+    if not where.is_file():
+        return ""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    saved = json.loads(where.read_text())
+    url = saved["storage"]
+    study = optuna.load_study(study_name=saved["study_name"], storage=url)
+    trials = study.get_trials(deepcopy=False)
+    states = {state.name.lower(): sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    lines = ["", f"Optuna study {study.study_name!r} ({url}): " +
+             ", ".join(f"{count} {state}" for state, count in states.items() if count)]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        lines.append(f"best: trial {best.number}, value {best.value:.4f}, " +
+                     " ".join(f"{key}={short_number(str(value))}" for key, value in best.params.items()))
+        plots = {"optuna_history.png": optuna.visualization.matplotlib.plot_optimization_history,
+                 "optuna_parallel_coordinate.png": optuna.visualization.matplotlib.plot_parallel_coordinate}
+        if len(complete) > 1 and best.params:
+            plots["optuna_importances.png"] = optuna.visualization.matplotlib.plot_param_importances
+        for name, plot in plots.items():
+            try:
+                plot(study).figure.savefig(sweep_dir / name, dpi=120, bbox_inches="tight")
+            except (ValueError, RuntimeError) as err:  # too few trials of a kind for this plot
+                lines.append(f"{name}: not drawn ({err})")
+            plt.close("all")
+        lines.append("plots: " + ", ".join(name for name in plots if (sweep_dir / name).is_file()))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder (one subfolder per job)")
@@ -187,7 +226,7 @@ def main() -> None:
     keys, table = rows(jobs, metrics)
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(keys, table, jobs, metrics)
+    text = markdown(keys, table, jobs, metrics) + study_view(args.sweep_dir)
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", keys, table, metrics)
     write_chart(out / "report.png", keys, table, metrics[0])

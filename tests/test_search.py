@@ -1,0 +1,101 @@
+"""Searches with mnistlab's Optuna sweeper (hparams_search=optuna), run for real as a user runs them: pruning, a
+search that survives SIGKILL, two workers on one study, and the report's view of the study."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mnistlab.search import threads_per_job
+
+from .conftest import REPO, offline_env
+
+# Every searched setting fixed on the command line (it wins over the search space): the runs are reproducible.
+FIXED = ["optimizer.weight_decay=0", "data.batch_size=64", "tricks.label_smoothing=0", "tricks.mixup_alpha=0"]
+STATES = optuna.trial.TrialState
+
+
+def search(root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "hparams_search=optuna", f"data.root={root}", "data.val_size=200",
+            "callbacks=minimal", "~callbacks.not_learning", "trainer.enable_progress_bar=false", *FIXED, *overrides]
+
+
+def trials(folder: Path) -> dict[int, STATES]:
+    study = optuna.load_study(study_name="optuna", storage=f"sqlite:///{folder / 'optuna.db'}")
+    return {trial.number: trial.state for trial in study.get_trials()}
+
+
+def test_threads_per_job_share_the_cores():
+    assert [threads_per_job(8, n) for n in (1, 2, 3, 8, 16, -1, None)] == [8, 4, 2, 1, 1, 1, 1]
+    assert threads_per_job(2, 2) == 1
+
+
+@pytest.mark.slow
+def test_a_hopeless_trial_is_pruned_and_the_study_continues(synthetic_root, tmp_path):
+    folder = tmp_path / "logs" / "optuna" / "search"
+    first = subprocess.run(search(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=3",
+                                  "hydra.sweeper.n_trials=1"), cwd=tmp_path, env=offline_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # The same search again with a larger budget continues the study: trial 1, whose learning rate cannot learn
+    # anything in 3 epochs, reports far below trial 0 after its first epoch and is pruned there.
+    pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1,n_warmup_steps:0}"
+    second = subprocess.run(search(synthetic_root, "optimizer.lr=0.0000001", "trainer.max_epochs=3",
+                                   "hydra.sweeper.n_trials=2", pruner), cwd=tmp_path, env=offline_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert trials(folder) == {0: STATES.COMPLETE, 1: STATES.PRUNED}
+    assert json.loads((folder / "1" / "pruned.json").read_text()) == {"status": "pruned", "epoch": 0, "trial": 1}
+    assert not (folder / "1" / "metrics.json").exists()
+    results = json.loads((folder / "optimization_results.json").read_text())
+    assert results["trials"] == {"complete": 1, "pruned": 1, "fail": 0} and results["best_trial"] == 0
+
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(folder)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "pruned by the Optuna pruner after epoch 0" in report.stdout
+    assert "Optuna study 'optuna'" in report.stdout and "1 complete, 1 pruned" in report.stdout
+    assert all((folder / name).stat().st_size > 0 for name in ("optuna_history.png", "optuna_parallel_coordinate.png"))
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_continues_to_its_budget(synthetic_root, tmp_path):
+    folder = tmp_path / "logs" / "optuna" / "search"
+    command = search(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=4", "hydra.sweeper.n_trials=3",
+                     "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
+    process = subprocess.Popen(command, cwd=tmp_path, env=offline_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (folder / "1" / ".hydra").is_dir():  # trial 1 has started
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert trials(folder) == {0: STATES.COMPLETE, 1: STATES.RUNNING}
+
+    again = subprocess.run(command, cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # The killed trial failed (its heartbeat stopped), and counts toward the budget of 3.
+    assert trials(folder) == {0: STATES.COMPLETE, 1: STATES.FAIL, 2: STATES.COMPLETE}
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_with_distinct_trials(synthetic_root, tmp_path):
+    folder = tmp_path / "logs" / "optuna" / "search"
+    command = search(synthetic_root, "trainer.max_epochs=2", "hydra.sweeper.n_trials=4",
+                     "optimizer.lr=tag(log,interval(0.01,0.1))")
+    workers = [subprocess.Popen(command, cwd=tmp_path, env=offline_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=900) == 0, worker.communicate()[1][-3000:]
+    states = trials(folder)
+    # Each worker asks while the study is under budget: both may ask for the last one, so at most one more.
+    assert 4 <= len(states) <= 5 and set(states.values()) == {STATES.COMPLETE}
+    assert sorted(states) == list(range(len(states)))
+    assert all(json.loads((folder / str(n) / "metrics.json").read_text())["epochs"] == 2 for n in states)
