@@ -74,6 +74,7 @@ def test_synthetic_data_repeats_and_profile():
 @pytest.mark.parametrize(("args", "expected"), [
     (["--data-root", "{empty}"], "{empty}: no MNIST-style data there"),
     (["--variants", "a,x"], "--variants=a,x: choose from a, a2, b, c"),
+    (["--batch-sizes", "64,0"], "--batch-sizes=64,0: give batch sizes >= 1 separated by commas, e.g. 64,128,256,512"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
     """In-process: these fail before any config is composed (which would leave Hydra's global state set)."""
@@ -112,3 +113,20 @@ def test_caveats_name_short_epochs_few_repeats_and_a_busy_machine():
     assert short.startswith("the shortest timed epoch took 0.40 s") and few.startswith("1 repeat(s)")
     (busy,) = caveats(report({"a2": [5.0, 6.0, 5.1], "b": [4.5, 4.5, 4.6]}))
     assert busy.startswith("the repeats of a2 spread 20% of their median")
+
+
+@pytest.mark.slow
+def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_path):
+    out = tmp_path / "sweep.json"
+    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
+                           "--repeats", "1", "--batch-sizes", "64,128", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \|$", result.stdout,
+                      re.MULTILINE)
+    assert [(batch, steps) for batch, steps, *_ in rows] == [("64", "6"), ("128", "3")]  # 400 images // batch
+    report = json.loads(out.read_text())
+    for row in report["batch_sweep"]:
+        assert row["a2/b"] == pytest.approx(row["b_seconds"] / row["a2_seconds"])
+        overhead = 1000 * (row["a2_seconds"] - row["b_seconds"]) / row["steps"]
+        assert row["overhead_ms_per_step"] == pytest.approx(overhead)
+    assert "note: the shortest timed epoch took" in result.stdout  # 400 images: the figures mean little, and it says so

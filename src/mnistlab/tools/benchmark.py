@@ -338,6 +338,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="precision of b and a2; bf16-mixed also means channels_last (default: bf16-mixed "
                         "where the device has bf16 instructions, else 32-true)")
     parser.add_argument("--variants", default="a,a2,b,c", help="comma-separated subset of a,a2,b,c")
+    parser.add_argument("--batch-sizes", help="comma-separated batch sizes, e.g. 64,128,256,512: a2 against b at "
+                        "each, with the overhead per training step in ms (instead of --variants and --batch-size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--profile", action="store_true",
                         help=f"afterwards, profile the timed epoch of a ({PROFILE_STEPS} steps) and print the top ops")
@@ -351,6 +353,12 @@ def check(args: argparse.Namespace) -> tuple[list[str], torch.device]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ConfigError(f"--variants={args.variants}: choose from {', '.join(VARIANTS)}")
+    if args.batch_sizes is not None:
+        sizes = args.batch_sizes.split(",")
+        if not all(size.isdigit() and int(size) >= 1 for size in sizes):
+            raise ConfigError(f"--batch-sizes={args.batch_sizes}: give batch sizes >= 1 separated by commas, "
+                              "e.g. 64,128,256,512")
+        variants = ["a2", "b"]
     for option in ("train_images", "repeats", "batch_size", "val_size"):
         value = getattr(args, option)
         if value is not None and value < 1:
@@ -366,8 +374,11 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     torch.set_float32_matmul_precision("high")  # as mnistlab.train does; process-wide, so set for every variant
     precision = args.precision or ("bf16-mixed" if bf16_support(device.type) else "32-true")
     bf16 = precision == "bf16-mixed"
-    fast = [f"data.batch_size={args.batch_size}", f"trainer.precision={precision}",
-            f"tricks.channels_last={str(bf16).lower()}"]
+
+    def fast(batch: int) -> list[str]:  # a2 at b's settings
+        return [f"data.batch_size={batch}", f"trainer.precision={precision}",
+                f"tricks.channels_last={str(bf16).lower()}"]
+
     n_train = prepare_data(args.data_root, args.train_images, folder)
 
     base = compose_config(folder, args.val_size, device, folder / "runs", args.overrides)  # a, as users run it
@@ -385,14 +396,32 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     for name in ("a2", "b"):
         settings[name]["channels_last"] = bf16
 
-    def measure(name: str, repeat: int) -> tuple[float, int]:
+    def measure(name: str, repeat: int, batch: int = args.batch_size) -> tuple[float, int]:
         if name in ("a", "a2"):
-            run_dir = folder / "runs" / f"{name}-{repeat}"
-            extra = (fast if name == "a2" else []) + args.overrides
+            run_dir = folder / "runs" / f"{name}-{batch}-{repeat}"
+            extra = (fast(batch) if name == "a2" else []) + args.overrides
             return run_lightning(compose_config(folder, args.val_size, device, run_dir, extra))
         if name == "b":
-            return run_plain(base, splits, device, args.batch_size, bf16)
+            return run_plain(base, splits, device, batch, bf16)
         return run_tutorial(base, folder, n_train - val_size, val_size, device)
+
+    if args.batch_sizes is not None:
+        sizes = [int(size) for size in args.batch_sizes.split(",")]
+        sweep = {batch: {"a2": [], "b": []} for batch in sizes}
+        for repeat in range(args.repeats):
+            for batch in sizes:
+                for name in ("a2", "b"):
+                    epoch_seconds, _ = measure(name, repeat, batch)
+                    sweep[batch][name].append(epoch_seconds)
+                    print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {epoch_seconds:7.2f} s",
+                          flush=True)
+        report_sweep = [overhead_row(batch, times, (n_train - val_size) // batch) for batch, times in sweep.items()]
+        return {"machine": machine(device), "versions": versions(),
+                "data": {"source": str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)",
+                         "train_images": n_train - val_size, "val_images": val_size},
+                "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
+                           "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"},
+                "batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
     for repeat in range(args.repeats):
@@ -414,6 +443,22 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
         report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile",
                                                    args.overrides + limit))
     return report
+
+
+def overhead_row(batch: int, times: dict[str, list[float]], steps: int) -> dict:
+    """a2 against b at one batch size: median epoch seconds, their ratio (b's time over a2's, as a speed ratio),
+    and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds."""
+    a2, b = statistics.median(times["a2"]), statistics.median(times["b"])
+    return {"batch": batch, "steps": steps, "a2_seconds": a2, "b_seconds": b, "a2/b": b / a2,
+            "overhead_ms_per_step": 1000 * (a2 - b) / steps, "a2_all": times["a2"], "b_all": times["b"]}
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['batch']} | {row['steps']} | {row['a2_seconds']:.2f} | {row['b_seconds']:.2f} | "
+                     f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} |")
+    return "\n".join(lines)
 
 
 def profile(cfg: DictConfig) -> str:
@@ -457,6 +502,16 @@ def print_report(report: dict) -> None:
     print(f"method    repeats {method['repeats']}, variants interleaved; each: {method['epoch']}; "
           f"train img/s = training images / epoch seconds")
     print(f"memory    {method['memory']}")
+    if "batch_sweep" in report:
+        print(f"a2 ({VARIANTS['a2']}) against b ({VARIANTS['b']}), {method['precision']}, median epoch seconds;"
+              " a2/b = b's epoch time over a2's (1.0: no overhead)\n")
+        print(sweep_table(report["batch_sweep"]))
+        timed = {f"{name} at batch {row['batch']}": {"epoch_seconds": row[f"{name}_all"],
+                                                      "epoch_seconds_median": row[f"{name}_seconds"]}
+                 for row in report["batch_sweep"] for name in ("a2", "b")}
+        for line in caveats({"results": timed, "ratios": {"a2/b": None}, "method": method}):
+            print(f"note: {line}")
+        return
     for name, s in report["settings"].items():
         print(f"  {name:<3} {VARIANTS[name]}: " + ", ".join(f"{key} {value}" for key, value in s.items()))
     print("\n" + table(report["results"], report["settings"]) + "\n")
