@@ -12,6 +12,7 @@ canvases from the validation slice, test canvases from the official test digits,
 """
 
 import torch
+from omegaconf import OmegaConf
 
 from mnistlab.data import DeviceBatches, MNISTDataModule
 from mnistlab.errors import ConfigError
@@ -85,14 +86,18 @@ class CanvasBatches(DeviceBatches):
 
 
 class CanvasDataModule(MNISTDataModule):
-    """MNISTDataModule's digits (and its splits, folders and checks), served as labelled canvases. `num_classes`
-    counts the background: 11 for ten digit classes."""
+    """MNISTDataModule's digits (and its splits, folders and checks), served as labelled canvases: `num_classes`
+    digit classes, and the background, class 0."""
 
     def __init__(self, canvas_size: int = 64, min_digits: int = 1, max_digits: int = 3, ink_threshold: int = 128,
                  ignore_index: int = 255, train_canvases: int = 20000, val_canvases: int = 1000,
-                 test_canvases: int = 2000, num_classes: int = 11, **digits):
-        super().__init__(num_classes=num_classes - 1, **digits)
+                 test_canvases: int = 2000, num_classes: int = 10, **digits):
+        # Plain values in the checkpoint (Hydra hands nested settings over as DictConfig): it loads safely.
+        digits = {key: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+                  for key, value in digits.items()}
+        super().__init__(num_classes=num_classes, **digits)
         self.save_hyperparameters(logger=False)
+        num_classes += 1  # the background
         digit = self.image_size
         if canvas_size < digit:
             raise ConfigError(f"data.canvas_size={canvas_size} is smaller than a digit ({digit}x{digit}): give "
@@ -105,6 +110,9 @@ class CanvasDataModule(MNISTDataModule):
         if 0 <= ignore_index < num_classes:
             raise ConfigError(f"data.ignore_index={ignore_index} is a class (0 background, 1-{num_classes - 1} the "
                               f"digits): give one outside 0..{num_classes - 1}, e.g. 255")
+        for split, count in (("train", train_canvases), ("val", val_canvases), ("test", test_canvases)):
+            if not isinstance(count, int) or count < 1:
+                raise ConfigError(f"data.{split}_canvases={count} must be an integer >= 1")
         if not 1 <= ink_threshold <= 255:
             raise ConfigError(f"data.ink_threshold={ink_threshold} must be in [1, 255] (a pixel's uint8 intensity)")
         self.canvas_size, self.min_digits, self.max_digits = canvas_size, min_digits, max_digits

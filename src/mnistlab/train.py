@@ -97,8 +97,8 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
         module.compile_network(None if cfg.compile is True else cfg.compile)
     # trainer.enable_progress_bar=false drops the progress bar callback, which Lightning would refuse beside it.
     shown = cfg.trainer.get("enable_progress_bar", True) is not False
-    callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size")))
-                 for c in cfg.get("callbacks", {}).values()
+    chosen = [c for c in cfg.get("callbacks", {}).values() if c is not None]  # null drops one (a task may)
+    callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size"))) for c in chosen
                  if shown or not issubclass(get_object(c._target_), pl.callbacks.ProgressBar)] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

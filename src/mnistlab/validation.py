@@ -70,6 +70,9 @@ RULES = {
     "model.batch_norm": (one_of(True, False), "true or false"),
     "model.downsample": (one_of("pool", "stride"), "one of pool, stride"),
     "model.dropout": (number(0, 1, high_open=True), "in [0, 1)"),
+    "model.num_classes": (integer(2), "an integer >= 2"),
+    "model.head_channels": (integer(1), "an integer >= 1"),
+    "model.head_dilation": (integer(1), "an integer >= 1"),
     "optimizer.lr": (number(0, low_open=True), "> 0"),
     "optimizer.weight_decay": (number(0), ">= 0"),
     "optimizer.momentum": (number(0, 1, high_open=True), "in [0, 1)"),
@@ -144,11 +147,17 @@ def check_values(values: dict, prefix: str = "") -> None:
 
 
 def accepted_keys(target: str, skip: tuple[str, ...] = ()) -> set[str] | None:
-    """The keyword arguments `target` takes, or None when it takes any (**kwargs)."""
-    parameters = inspect.signature(get_object(target)).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters if p.name not in skip}
+    """The keyword arguments `target` takes, or None when it takes any (**kwargs). A class whose **kwargs go to
+    its base class (a task built on another, a data module on another) takes its own and its bases' arguments."""
+    obj = get_object(target)
+    classes = inspect.getmro(obj) if inspect.isclass(obj) else (obj,)
+    names = set()
+    for cls in classes:
+        parameters = list(inspect.signature(cls).parameters.values())
+        names |= {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return names - set(skip)
+    return None
 
 
 def check_keys(section: str, settings: dict, target: str, skip: tuple[str, ...] = ()) -> None:
@@ -179,12 +188,16 @@ def has_type(value, hint) -> bool:
 
 
 def annotations(target: str) -> dict:
-    """The annotated types of `target`'s arguments; none where they do not resolve (the keys are still checked)."""
+    """The annotated types of `target`'s arguments, its base classes' included (for arguments it passes on);
+    none where they do not resolve (the keys are still checked)."""
     obj = get_object(target)
-    try:
-        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    except Exception:
-        return {}
+    hints = {}
+    for cls in reversed(inspect.getmro(obj) if inspect.isclass(obj) else (obj,)):  # a subclass's own win
+        try:
+            hints |= typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+        except Exception:
+            continue
+    return hints
 
 
 def configures_objects(value) -> bool:
@@ -232,13 +245,15 @@ def check_config(cfg: DictConfig) -> None:
         read_checkpoint(path, "tricks.distill_teacher")
     if tricks.get("init_from"):
         read_checkpoint(tricks["init_from"], "tricks.init_from")
-    if "_target_" in (settings.get("model") or {}):
-        # The network itself: settings that only make sense together (ResNet-B needs bottleneck blocks) fail
-        # here, before a run folder exists. Building one costs milliseconds.
-        try:
-            instantiate(settings["model"])
-        except InstantiationException as err:
-            raise ConfigError(one_line(err)) from None
+    for section in ("data", "model"):
+        # The network and the data module themselves: settings that only make sense together (ResNet-B needs
+        # bottleneck blocks, a canvas holds its digits) fail here, before a run folder exists. Building them
+        # costs milliseconds (the data module reads its files later, in setup).
+        if "_target_" in (settings.get(section) or {}):
+            try:
+                instantiate(settings[section])
+            except InstantiationException as err:
+                raise ConfigError(one_line(err)) from None
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "

@@ -1,0 +1,59 @@
+"""The segmentation task: an FCN on a classifier's padded backbone, trained on digit canvases, scored by
+dataset-level IoU; a classifier's backbone transfers into it."""
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnistlab.config import compose_run_config, one_line
+from mnistlab.models import FCN
+from mnistlab.train import build_task
+
+from .conftest import FAST, train_in_process
+
+SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
+         "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
+
+
+@pytest.mark.parametrize("backbone", ["mnistlab.models.SeedNet", "mnistlab.models.ResNet"])
+def test_an_fcn_scores_every_pixel_from_aligned_feature_maps(backbone):
+    net = FCN({"_target_": backbone})
+    x = torch.zeros(2, 1, 64, 64)
+    assert net(x).shape == (2, 11, 64, 64)
+    assert net.backbone(x).shape[-2:] == (16, 16)  # padded: a quarter of the canvas, aligned with it
+    assert net.pre_logits(x).shape == (2, 128)
+
+
+def test_classification_tricks_are_refused_by_segmentation():
+    cfg = compose_run_config(["task=segmentation", "tricks.mixup_alpha=0.2"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises(InstantiationException) as error:
+        build_task(cfg)
+    assert one_line(error.value).startswith("tricks.mixup_alpha=0.2: a classification trick; segmentation trains ")
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_trains_tests_and_logs_dataset_level_iou(synthetic_root, tmp_path):
+    metrics = train_in_process(tmp_path / "seg", f"data.root={synthetic_root}", *SMALL)
+    assert {"test/miou", "test/miou_digits", "test/pixel_acc", "test/loss", "val/miou_best"} <= set(metrics)
+    assert all(0 <= metrics[name] <= 1 for name in ("test/miou", "test/miou_digits", "test/pixel_acc"))
+    events = EventAccumulator(str(tmp_path / "seg" / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/miou", "val/miou_digits", "val/pixel_acc", "val/iou/background", "val/iou/0", "val/iou/9",
+            "test/miou"} <= tags
+
+
+@pytest.mark.slow
+def test_a_classifiers_backbone_transfers_into_the_fcn(synthetic_root, tmp_path):
+    classifier = train_in_process(tmp_path / "cls", f"data.root={synthetic_root}", *FAST, "callbacks=minimal")
+    cfg = compose_run_config(["task=segmentation", f"data.root={synthetic_root}",
+                              f"tricks.init_from={classifier['best_checkpoint']}"], str(tmp_path / "seg"))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    segmenter = build_task(cfg)
+    saved = torch.load(classifier["best_checkpoint"], weights_only=True)["state_dict"]
+    for name in ("backbone.conv1.weight", "backbone.conv2.weight", "backbone.conv2.bias"):
+        assert torch.equal(segmenter.net.state_dict()[name], saved[f"net.{name}"])
