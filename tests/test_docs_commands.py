@@ -67,7 +67,8 @@ def test_the_docs_hold_commands_to_check():
 
 @pytest.mark.parametrize(("where", "words"), COMMANDS, ids=[where for where, _ in COMMANDS])
 def test_a_documented_command_composes(where, words, monkeypatch, tmp_path):
-    monkeypatch.setattr(validation, "read_checkpoint", lambda path, key: {})  # the reader's own files
+    monkeypatch.setattr(validation, "existing_checkpoint", lambda path, key: path)  # the reader's own files
+    monkeypatch.setattr(validation, "read_checkpoint", lambda path, key: {})
     command, args = words[0], words[1:]
     if command == "mnistlab-bench":
         bench_args(args)

@@ -13,7 +13,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
-from mnistlab.checkpoints import read_checkpoint, teacher_checkpoints
+from mnistlab.checkpoints import existing_checkpoint, read_checkpoint, teacher_checkpoints
 from mnistlab.config import one_line
 from mnistlab.errors import ConfigError
 
@@ -241,7 +241,10 @@ def check_config(cfg: DictConfig) -> None:
                           f"{task.get('metrics', {}).get('best')}): "
                           "keep a validation split for the search, and use val_size=0 for the final fit")
     tricks = settings.get("tricks") or {}
-    for path in teacher_checkpoints(tricks.get("distill_teacher")):
+    teachers = teacher_checkpoints(tricks.get("distill_teacher"))
+    for path in teachers:  # a missing member named before any is read
+        existing_checkpoint(path, "tricks.distill_teacher")
+    for path in teachers:
         read_checkpoint(path, "tricks.distill_teacher")
     if tricks.get("init_from"):
         read_checkpoint(tricks["init_from"], "tricks.init_from")
