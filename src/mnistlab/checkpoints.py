@@ -152,7 +152,6 @@ def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     path = run_dir / "checkpoints" / LAST if ckpt_path == "last" else Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
-    read_checkpoint(path, "ckpt_path")  # unsafe, foreign or newer: one line, before the run writes anything
     return str(path)
 
 

@@ -28,10 +28,10 @@ def open_trial(number: int):
     """The study's trial `number`, as the job's own handle on it (the sweeper process asked for it)."""
     import optuna  # the sweep extra: only searches need it
 
-    from hydra_plugins.mnistlab_optuna_sweeper.sweeper import make_pruner, open_storage
+    from hydra_plugins.mnistlab_optuna_sweeper.sweeper import make_pruner, open_storage, study_url
 
     sweeper = HydraConfig.get().sweeper
-    url = sweeper.storage or f"sqlite:///{(Path(HydraConfig.get().sweep.dir) / 'optuna.db').resolve()}"
+    url = study_url(sweeper.storage, Path(HydraConfig.get().sweep.dir))
     # The sweeper's pruner: should_prune() asks this study object's.
     study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(url),
                               pruner=make_pruner(sweeper.pruner))

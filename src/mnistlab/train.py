@@ -162,6 +162,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     share_cores(trainer.strategy.root_device.type)
 
     # A resumed run times only the epochs it runs itself.
+    # A resumed run times only the epochs it runs itself (multirun jobs and DDP ranks read the file only here).
     epochs_before = read_checkpoint(resume_from, "ckpt_path")["epoch"] + 1 if resume_from else 0
     print_start(cfg, module, trainer, run_dir)
     start = time.perf_counter()
@@ -271,7 +272,9 @@ def precheck(args: list[str]) -> list[str]:
         folder = unfinished_run(folder.parent)
         print(f"resuming {folder}")
         args = [*args, f"hydra.run.dir={folder}"]
-    resume_checkpoint(cfg.get("ckpt_path"), folder)  # a missing file: one line, and no run folder made
+    resume_from = resume_checkpoint(cfg.get("ckpt_path"), folder)  # a missing file: one line, no run folder made
+    if resume_from:
+        read_checkpoint(resume_from, "ckpt_path")  # unsafe, foreign or newer: one line, before anything is written
     if first_process():
         check_not_finished(folder)
         check_not_in_use(folder)

@@ -47,6 +47,11 @@ def distribution(override: Override) -> optuna.distributions.BaseDistribution | 
     return None
 
 
+def study_url(storage: str | None, sweep_dir: Path) -> str:
+    """The study's storage: the configured URL, else optuna.db in the sweep folder."""
+    return storage or f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
+
+
 def make_pruner(setting: Any) -> optuna.pruners.BasePruner:
     """null: no pruning; a name of PRUNERS with Optuna's defaults; or a pruner from a _target_ config (built
     already when Hydra instantiated the sweeper; built here in a job, which reads the sweeper's config)."""
@@ -116,7 +121,7 @@ class OptunaSweeper(Sweeper):
                                                                 task_function=task_function, config=config)
 
     def url(self, sweep_dir: Path) -> str:
-        return self.storage_url or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+        return study_url(self.storage_url, sweep_dir)
 
     def study(self, sweep_dir: Path) -> optuna.Study:
         url = self.url(sweep_dir)

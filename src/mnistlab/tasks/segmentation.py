@@ -3,7 +3,6 @@ optimizer and schedule, transfer, compile, channels_last) with a per-pixel loss 
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from mnistlab.errors import ConfigError
@@ -30,13 +29,10 @@ class Segmenter(Classifier):
         classes = self.net.num_classes
         pixels = dict(num_classes=classes, ignore_index=ignore_index, validate_args=False)
         self.train_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
-        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
         self.test_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
         self.val_iou = MulticlassJaccardIndex(average="none", **pixels)
         self.test_iou = MulticlassJaccardIndex(average="none", **pixels)
-        self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor):
         logits = self(x)

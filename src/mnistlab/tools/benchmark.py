@@ -396,6 +396,12 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     for name in ("a2", "b"):
         settings[name]["channels_last"] = bf16
 
+    source = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
+    header = {"machine": machine(device), "versions": versions(),
+              "data": {"source": source, "train_images": n_train - val_size, "val_images": val_size},
+              "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
+                         "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
+
     def measure(name: str, repeat: int, batch: int = args.batch_size) -> tuple[float, int]:
         if name in ("a", "a2"):
             run_dir = folder / "runs" / f"{name}-{batch}-{repeat}"
@@ -416,12 +422,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                     print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {epoch_seconds:7.2f} s",
                           flush=True)
         report_sweep = [overhead_row(batch, times, (n_train - val_size) // batch) for batch, times in sweep.items()]
-        return {"machine": machine(device), "versions": versions(),
-                "data": {"source": str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)",
-                         "train_images": n_train - val_size, "val_images": val_size},
-                "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
-                           "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"},
-                "batch_sweep": report_sweep}
+        return header | {"batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
     for repeat in range(args.repeats):
@@ -432,12 +433,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
             peaks[name].append(memory)
             print(f"repeat {repeat + 1}/{args.repeats}  {name:<3} {epoch_seconds:7.2f} s", flush=True)
     results = {v: summarize(seconds[v], images[v], peaks[v]) for v in variants}
-    data = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
-    report = {"machine": machine(device), "versions": versions(),
-              "data": {"source": data, "train_images": n_train - val_size, "val_images": val_size},
-              "method": {"repeats": args.repeats, "memory": memory_kind(device),
-                         "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"},
-              "settings": {v: settings[v] for v in variants}, "results": results, "ratios": ratios(results)}
+    report = header | {"settings": {v: settings[v] for v in variants}, "results": results,
+                       "ratios": ratios(results)}
     if args.profile:
         limit = [f"trainer.limit_train_batches={PROFILE_STEPS}"]
         report["profile"] = profile(compose_config(folder, args.val_size, device, folder / "runs" / "profile",
