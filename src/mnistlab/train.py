@@ -23,7 +23,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnistlab.callbacks import load_tested_weights
+from mnistlab.callbacks import NoProfiler, load_tested_weights
 from mnistlab.checkpoints import (
     check_not_finished,
     check_not_in_use,
@@ -101,7 +101,8 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size"))) for c in chosen
                  if shown or not issubclass(get_object(c._target_), pl.callbacks.ProgressBar)] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}  # trainer.profiler=simple works
+    return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **profiler)
 
 
 def first_process() -> bool:

@@ -18,6 +18,8 @@ class Segmenter(Classifier):
     IoU of each class: confusion matrices accumulated over the whole set (torchmetrics' JaccardIndex, as
     torchvision's segmentation reference computes mIoU), not means of per-image scores."""
 
+    TRAIN_ACCURACY = "train/pixel_acc"
+
     def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, ignore_index: int = 255,
                  **tricks):
         for name in CLASSIFICATION_ONLY:
@@ -28,7 +30,6 @@ class Segmenter(Classifier):
         self.ignore_index = ignore_index
         classes = self.net.num_classes
         pixels = dict(num_classes=classes, ignore_index=ignore_index, validate_args=False)
-        self.train_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
         self.val_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
         self.test_acc = MulticlassAccuracy(average="micro", multidim_average="global", **pixels)
         self.val_iou = MulticlassJaccardIndex(average="none", **pixels)
@@ -40,6 +41,11 @@ class Segmenter(Classifier):
                                label_smoothing=self.hparams.label_smoothing)
         return loss, logits, y
 
+    def answer_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(correct pixels, labelled pixels) of one training batch: ignore_index pixels count in neither."""
+        labelled = labels != self.ignore_index
+        return ((logits.argmax(1) == labels) & labelled).sum(), labelled.sum()
+
     def _evaluate(self, batch, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -49,10 +55,6 @@ class Segmenter(Classifier):
         self.log(f"{stage}/loss", F.cross_entropy(logits, y, ignore_index=self.ignore_index), on_epoch=True,
                  prog_bar=True, batch_size=len(y), sync_dist=True)
         return logits
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss)
-        self.log("train/pixel_acc", self.train_acc)
 
     def log_iou(self, stage: str, iou: MulticlassJaccardIndex, accuracy: MulticlassAccuracy) -> torch.Tensor:
         per_class = iou.compute()
