@@ -67,11 +67,16 @@ def record_pruned(run_dir: Path, pruning: OptunaPruning) -> None:
 
 def share_cores(accelerator: str) -> None:
     """Under the joblib launcher on a CPU, n parallel jobs each take cores/n threads: one thread per core each
-    would oversubscribe the cores, and the jobs slow each other several-fold."""
+    would oversubscribe the cores, and the jobs slow each other several-fold. An OMP_NUM_THREADS in the
+    environment is the user's choice, and wins."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or accelerator != "cpu":
         return
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    if "OMP_NUM_THREADS" in os.environ:  # the user's choice
+        log.info(f"joblib: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} set, torch threads left at "
+                 f"{torch.get_num_threads()}")
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads_per_job(cores, launcher.get("n_jobs", -1))
