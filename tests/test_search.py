@@ -2,16 +2,21 @@
 search that survives SIGKILL, two workers on one study, and the report's view of the study."""
 
 import json
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 
-from mnistlab.search import threads_per_job
+from mnistlab.search import OptunaPruning, threads_per_job
 
 from .conftest import REPO, offline_env
 
@@ -33,6 +38,27 @@ def trials(folder: Path) -> dict[int, STATES]:
 def test_threads_per_job_share_the_cores():
     assert [threads_per_job(8, n) for n in (1, 2, 3, 8, 16, -1, None)] == [8, 4, 2, 1, 1, 1, 1]
     assert threads_per_job(2, 2) == 1
+
+
+def test_a_hopeless_trial_stops_before_its_last_epoch_and_never_after_it():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = study.ask()
+    for epoch in range(3):
+        good.report(0.9, epoch)
+    study.tell(good, 0.9)
+
+    def validate(pruning: OptunaPruning, epoch: int) -> bool:
+        trainer = SimpleNamespace(sanity_checking=False, callback_metrics={"val/acc": torch.tensor(0.1)},
+                                  current_epoch=epoch, max_epochs=3, should_stop=False)
+        pruning.on_validation_end(trainer, None)
+        return trainer.should_stop
+
+    early = OptunaPruning(study.ask(), "val/acc")
+    assert validate(early, 0) and early.pruned_at == 0
+    late = OptunaPruning(study.ask(), "val/acc")
+    assert not validate(late, 2) and late.pruned_at is None  # its last epoch: complete, however poor
+    assert study.trials[-1].intermediate_values == {2: pytest.approx(0.1)}  # still reported
 
 
 @pytest.mark.slow
@@ -61,6 +87,40 @@ def test_a_hopeless_trial_is_pruned_and_the_study_continues(synthetic_root, tmp_
     assert "pruned by the Optuna pruner after epoch 0" in report.stdout
     assert "Optuna study 'optuna'" in report.stdout and "1 complete, 1 pruned" in report.stdout
     assert all((folder / name).stat().st_size > 0 for name in ("optuna_history.png", "optuna_parallel_coordinate.png"))
+
+    # docs/sweeps.md's command serves this study: read it back through optuna-dashboard's HTTP API.
+    summaries, study = dashboard_view(f"sqlite:///{folder / 'optuna.db'}")
+    assert [s["study_name"] for s in summaries] == ["optuna"] and summaries[0]["directions"] == ["maximize"]
+    assert [(t["number"], t["state"]) for t in study["trials"]] == [(0, "Complete"), (1, "Pruned")]
+    assert study["has_intermediate_values"] and study["best_trials"][0]["number"] == 0
+
+
+def dashboard_view(storage: str) -> tuple[list[dict], dict]:
+    """(study summaries, the first study) as optuna-dashboard serves them over HTTP."""
+    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if dashboard is None:
+        pytest.skip("optuna-dashboard is not installed (pip install -e '.[sweep]')")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = subprocess.Popen([dashboard, storage, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    summaries = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}?after=0",
+                                    timeout=5) as response:
+            return summaries, json.load(response)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow

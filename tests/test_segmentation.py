@@ -8,6 +8,7 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.config import compose_run_config, one_line
+from mnistlab.inspection import colour_masks
 from mnistlab.models import FCN
 from mnistlab.train import build_task
 
@@ -44,6 +45,17 @@ def test_a_segmentation_run_trains_tests_and_logs_dataset_level_iou(synthetic_ro
     tags = set(events.Tags()["scalars"])
     assert {"val/miou", "val/miou_digits", "val/pixel_acc", "val/iou/background", "val/iou/0", "val/iou/9",
             "test/miou"} <= tags
+    overlay = events.Images("val/segmentation")[-1]  # 4 canvases of 64x64 at zoom 2: input | truth | prediction
+    assert (overlay.height, overlay.width) == (4 * 130 + 2, 3 * 130 + 2)
+    assert events.Images("val/confusion_matrix")
+
+
+def test_masks_are_coloured_by_class_with_the_background_black_and_ignored_pixels_grey():
+    masks = torch.tensor([[[0, 1], [10, 255]]])
+    colours = colour_masks(masks, num_classes=11, ignore_index=255)
+    assert colours.shape == (1, 3, 2, 2)
+    assert colours[0, :, 0, 0].tolist() == [0, 0, 0] and torch.allclose(colours[0, :, 1, 1], torch.tensor(0.5))
+    assert len({tuple(colours[0, :, 0, 1].tolist()), tuple(colours[0, :, 1, 0].tolist())}) == 2
 
 
 @pytest.mark.slow

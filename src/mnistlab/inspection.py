@@ -279,6 +279,56 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch
     return figure
 
 
+def colour_masks(masks: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Class masks [N, H, W] -> colour images [N, 3, H, W] in [0, 1]: the background (class 0) black, each other
+    class a colour of matplotlib's tab10/tab20, pixels of `ignore_index` grey."""
+    colours = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors[: num_classes - 1]
+    palette = torch.tensor([(0.0, 0.0, 0.0), *colours, (0.5, 0.5, 0.5)], device=masks.device)
+    index = torch.where(masks == ignore_index, num_classes, masks).clamp(0, num_classes)
+    return palette[index].permute(0, 3, 1, 2)
+
+
+class SegmentationViews(pl.Callback):
+    """What a segmentation run shows besides its scalars (per-class IoU, mIoU): after the first validation, every
+    N-th and the last, the first `num_images` validation canvases as rows of input | truth | prediction (colours:
+    see colour_masks), and the pixels' confusion matrix (rows: the true class, normalised to sum to 1)."""
+
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1, zoom: int = 2):
+        self.num_images, self.every_n_epochs, self.zoom = num_images, every_n_epochs, zoom
+        self.confusion: MulticlassConfusionMatrix | None = None
+        self.drawing = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.confusion = MulticlassConfusionMatrix(pl_module.net.num_classes, ignore_index=pl_module.ignore_index,
+                                                   normalize="true", validate_args=False)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.drawing = (not trainer.sanity_checking and tensorboard_writer(trainer) is not None
+                        and due(trainer, self.every_n_epochs))
+        self.confusion.to(pl_module.device).reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        if self.drawing:
+            self.confusion.update(outputs.argmax(1), batch[1])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.drawing:
+            return
+        writer, data = tensorboard_writer(trainer), trainer.datamodule
+        images, masks = data.first_images("val", self.num_images)
+        with evaluating(pl_module.net) as net:
+            predicted = net(images.to(pl_module.device)).argmax(1)
+        classes, ignore = pl_module.net.num_classes, pl_module.ignore_index
+        shown = data.denormalize(images.float()).clamp(0, 1).to(predicted.device).expand(-1, 3, -1, -1)
+        rows = torch.stack([shown, colour_masks(masks.to(predicted.device), classes, ignore),
+                            colour_masks(predicted, classes, ignore)], 1).flatten(0, 1)
+        rows = F.interpolate(rows.float().cpu(), scale_factor=self.zoom, mode="nearest")
+        writer.add_image("val/segmentation", make_grid(rows, nrow=3, padding=2, pad_value=1.0), trainer.global_step)
+        figure, _ = self.confusion.plot(self.confusion.compute().cpu(), labels=data.class_names)
+        figure.set_size_inches(9, 8)
+        writer.add_figure("val/confusion_matrix", figure, trainer.global_step)
+
+
 class Histograms(pl.Callback):
     """Histograms of every parameter (`weights/...`) and of its gradient at the epoch's first step
     (`gradients/...`, after AMP unscaling), every N epochs."""

@@ -43,13 +43,15 @@ class OptunaPruning(pl.Callback):
     """Reports `metric` after every validation to the trial; when the pruner says the trial is hopeless, stops
     the fit at the end of that epoch (the train entry point then records it as pruned)."""
 
-    def __init__(self, number: int, metric: str):
-        self.trial, self.metric, self.pruned_at = open_trial(number), metric, None
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric, self.pruned_at = trial, metric, None  # an optuna.Trial
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
             return
         self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
+        if trainer.max_epochs and trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # a trial that has trained its last epoch is complete, however it compares
         if self.trial.should_prune():
             self.pruned_at = trainer.current_epoch
             trainer.should_stop = True
@@ -67,16 +69,17 @@ def record_pruned(run_dir: Path, pruning: OptunaPruning) -> None:
 
 def share_cores(accelerator: str) -> None:
     """Under the joblib launcher on a CPU, n parallel jobs each take cores/n threads: one thread per core each
-    would oversubscribe the cores, and the jobs slow each other several-fold. An OMP_NUM_THREADS in the
-    environment is the user's choice, and wins."""
+    would oversubscribe the cores. joblib's default (loky) workers start with OMP_NUM_THREADS (and MKL's,
+    OpenBLAS's) at that share unless the launching environment sets them, which then wins; without the variable
+    (another backend) the job sets torch's threads itself. Each job logs its thread count."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or accelerator != "cpu":
         return
     launcher = HydraConfig.get().launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
         return
-    if "OMP_NUM_THREADS" in os.environ:  # the user's choice
-        log.info(f"joblib: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} set, torch threads left at "
-                 f"{torch.get_num_threads()}")
+    if "OMP_NUM_THREADS" in os.environ:  # joblib's share, or the user's own choice
+        log.info(f"joblib job: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {torch.get_num_threads()} torch "
+                 "thread(s)")
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads_per_job(cores, launcher.get("n_jobs", -1))

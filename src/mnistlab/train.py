@@ -47,7 +47,7 @@ from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
 from mnistlab.precision import fast_precision
-from mnistlab.search import OptunaPruning, record_pruned, share_cores, trial_number
+from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
 
     parts = OmegaConf.to_container(cfg, resolve=True)
     trial = trial_number()
-    pruning = None if trial is None else OptunaPruning(trial, cfg.task.metrics.monitor)
+    pruning = None if trial is None else OptunaPruning(open_trial(trial), cfg.task.metrics.monitor)
     datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))
     share_cores(trainer.strategy.root_device.type)
 

@@ -149,7 +149,9 @@ class OptunaSweeper(Sweeper):
         heartbeats = Heartbeats(study._storage, self.heartbeat_interval)
         returns = []
         while True:
-            optuna.storages.fail_stale_trials(study)  # trials of a process that died: FAIL, and counted as done
+            with warnings.catch_warnings():  # "experimental", as the heartbeats
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # trials of a process that died: FAIL, counted as done
             counted = study.get_trials(deepcopy=False, states=(*DONE, optuna.trial.TrialState.RUNNING))
             remaining = self.n_trials - len(counted)
             if remaining <= 0:
