@@ -1,18 +1,26 @@
 """The segmentation task: an FCN on a classifier's padded backbone, trained on digit canvases, scored by
 dataset-level IoU; a classifier's backbone transfers into it."""
 
+import json
+import re
+
+import numpy as np
 import pytest
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import open_dict
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.config import compose_run_config, one_line
+from mnistlab.idx import read_idx
 from mnistlab.inspection import colour_masks
 from mnistlab.models import FCN
+from mnistlab.tools import evaluate, inspect_model, predict
+from mnistlab.tools.predict import ink_band_height
 from mnistlab.train import build_task
 
-from .conftest import FAST, train_in_process
+from .conftest import FAST, run_in_process, train_in_process
 
 SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
          "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
@@ -49,12 +57,50 @@ def test_a_segmentation_run_trains_tests_and_logs_dataset_level_iou(synthetic_ro
     assert (overlay.height, overlay.width) == (4 * 130 + 2, 3 * 130 + 2)
     assert events.Images("val/confusion_matrix")
 
+    # The tools on the segmentation checkpoint: eval scores it as the run's test did, predict labels a page.
+    checkpoint = metrics["best_checkpoint"]
+    scored = run_in_process(evaluate.main, f"ckpt_path={checkpoint}", f"json={tmp_path / 'eval.json'}")
+    assert scored.returncode == 0, scored.stderr
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["miou"] == pytest.approx(metrics["test/miou"], abs=1e-4)
+    assert list(evaluated["per_class_iou"]) == ["background", *map(str, range(10))]
+    assert "test/miou_digits" in scored.stdout and "64 canvases (64x64)" in scored.stdout
 
-def test_masks_are_coloured_by_class_with_the_background_black_and_ignored_pixels_grey():
+    digits = read_idx(synthetic_root / "t10k-images-idx3-ubyte.gz").numpy()
+    page = np.full((90, 252), 255, dtype=np.uint8)  # three digits, dark on white and three times as large
+    for k in range(3):
+        page[3:87, 3 + 82 * k : 87 + 82 * k] = 255 - np.kron(digits[k], np.ones((3, 3), dtype=np.uint8))
+    Image.fromarray(page).save(tmp_path / "page.png")
+    labelled = run_in_process(predict.main, f"ckpt_path={checkpoint}", f"images=[{tmp_path / 'page.png'}]",
+                              f"output={tmp_path / 'masks'}")
+    assert labelled.returncode == 0, labelled.stderr
+    assert f"-> {tmp_path / 'masks' / 'page.mask.png'} (inverted)" in labelled.stdout
+    with Image.open(tmp_path / "masks" / "page.mask.png") as mask:
+        colours = {tuple(c) for c in np.asarray(mask.convert("RGB")).reshape(-1, 3)}
+        assert mask.size == (252, 90)
+    palette = {tuple(c) for c in (colour_masks(torch.arange(12)[None, None], 11, 11) * 255).byte()[0, :, 0].T.tolist()}
+    assert colours <= palette
+
+
+def test_the_page_scale_is_the_height_of_its_lines_of_ink():
+    page = torch.zeros(100, 60)
+    page[10:30, 5:50] = 1  # a line of digits 20 rows high
+    page[60:84, 5:50] = 1  # another, 24 rows high
+    assert ink_band_height(page) == 22 and ink_band_height(torch.zeros(8, 8)) is None
+
+
+def test_a_segmentation_network_walks_its_shapes_back_to_the_canvas():
+    shown = run_in_process(inspect_model.main, "task=segmentation", "batch_size=2")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"head\.6 +Conv2d\(128, 11, 1x1\) +\[2, 11, 16, 16\]", shown.stdout)
+    assert re.search(r"interpolate +\[2, 11, 64, 64\]", shown.stdout)
+
+
+def test_masks_are_coloured_by_class_with_the_background_black_and_ignored_pixels_white():
     masks = torch.tensor([[[0, 1], [10, 255]]])
     colours = colour_masks(masks, num_classes=11, ignore_index=255)
     assert colours.shape == (1, 3, 2, 2)
-    assert colours[0, :, 0, 0].tolist() == [0, 0, 0] and torch.allclose(colours[0, :, 1, 1], torch.tensor(0.5))
+    assert colours[0, :, 0, 0].tolist() == [0, 0, 0] and colours[0, :, 1, 1].tolist() == [1, 1, 1]
     assert len({tuple(colours[0, :, 0, 1].tolist()), tuple(colours[0, :, 1, 0].tolist())}) == 2
 
 

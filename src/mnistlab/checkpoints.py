@@ -235,18 +235,29 @@ def unreadable_reason(err: Exception) -> str:
     return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
 
 
+def is_segmentation(saved: dict) -> bool:
+    """Whether a checkpoint's contents are a segmentation run's (its data module made canvases)."""
+    return "canvas_size" in (saved.get("datamodule_hyper_parameters") or {})
+
+
 def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNISTDataModule:
-    """The data a checkpoint was trained on (its data module's settings are saved in it), with `data.KEY=VALUE`
-    overrides on top: another folder (`data.root`) or another dataset of the same format (`data.name`, `.mean`,
-    `.std`). Downloading stays off unless `data.download=true`."""
+    """The data a checkpoint was trained on (its data module's settings are saved in it: digits, or canvases of
+    them for segmentation), with `data.KEY=VALUE` overrides on top: another folder (`data.root`) or another
+    dataset of the same format (`data.name`, `.mean`, `.std`). Downloading stays off unless
+    `data.download=true`."""
+    from mnistlab.canvas import CanvasDataModule  # canvases are digits: canvas.py builds on data.py
+
     path = existing_checkpoint(checkpoint, "ckpt_path")
-    saved = read_checkpoint(path, "ckpt_path").get("datamodule_hyper_parameters")
+    contents = read_checkpoint(path, "ckpt_path")
+    saved = contents.get("datamodule_hyper_parameters")
     run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
     if saved is None and run_config.is_file():
         data = OmegaConf.load(run_config).data
         saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
                  for key in data if key != "_target_"}
-    defaults = {name: p.default for name, p in inspect.signature(MNISTDataModule).parameters.items()}
+    kinds = (MNISTDataModule, CanvasDataModule) if is_segmentation(contents) else (MNISTDataModule,)
+    defaults = {name: p.default for kind in kinds for name, p in inspect.signature(kind).parameters.items()
+                if p.kind is not inspect.Parameter.VAR_KEYWORD}
     settings = {**defaults, **(saved or {}), "download": False}
     for key, value in overrides.items():
         name = key.removeprefix("data.")
@@ -254,7 +265,7 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNI
             allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
             raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
         settings[name] = setting_value(key, value, defaults[name])
-    return MNISTDataModule(**settings)
+    return kinds[-1](**settings)
 
 
 def setting_value(key: str, value: object, default: object) -> object:

@@ -281,9 +281,9 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, predicted: torch
 
 def colour_masks(masks: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """Class masks [N, H, W] -> colour images [N, 3, H, W] in [0, 1]: the background (class 0) black, each other
-    class a colour of matplotlib's tab10/tab20, pixels of `ignore_index` grey."""
+    class a colour of matplotlib's tab10/tab20, pixels of `ignore_index` white."""
     colours = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors[: num_classes - 1]
-    palette = torch.tensor([(0.0, 0.0, 0.0), *colours, (0.5, 0.5, 0.5)], device=masks.device)
+    palette = torch.tensor([(0.0, 0.0, 0.0), *colours, (1.0, 1.0, 1.0)], device=masks.device)
     index = torch.where(masks == ignore_index, num_classes, masks).clamp(0, num_classes)
     return palette[index].permute(0, 3, 1, 2)
 

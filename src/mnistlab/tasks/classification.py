@@ -14,6 +14,7 @@ from mnistlab.checkpoints import (
     CHECKPOINT_FORMAT,
     MNISTLAB_KEY,
     existing_checkpoint,
+    is_segmentation,
     load_teacher,
     read_checkpoint,
     unreadable_reason,
@@ -187,15 +188,20 @@ class Classifier(pl.LightningModule):
 
 
 def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
-    """A trained Classifier (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
-    Missing, corrupt and mismatched files end in one ConfigError line. Its hparams read no teacher and no transfer
-    source: the saved weights already hold what they gave."""
+    """A trained Classifier (on the CPU) from a mnistlab checkpoint, a Segmenter (its subclass) from a segmentation
+    run's; `what` names the setting that pointed at it. Missing, corrupt and mismatched files end in one
+    ConfigError line. Its hparams read no teacher and no transfer source: the saved weights already hold what
+    they gave."""
     path = existing_checkpoint(checkpoint, what)
-    read_checkpoint(path, what)  # safe, and a mnistlab checkpoint: else one line naming what is wrong
+    kind = Classifier
+    if is_segmentation(read_checkpoint(path, what)):  # safe, and mnistlab's: else one line naming what is wrong
+        from mnistlab.tasks.segmentation import Segmenter  # it builds on this module
+
+        kind = Segmenter
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
         # needed (they may be gone).
-        return Classifier.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
-                                               freeze_conv=False)
+        return kind.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
+                                         freeze_conv=False)
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None

@@ -24,6 +24,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnistlab.canvas import CanvasDataModule
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.config import DATASET_KEYS
 from mnistlab.data import MNISTDataModule
@@ -34,8 +35,16 @@ from mnistlab.tools.cli import given_keys, run_tool
 
 
 def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
-    """The data must have the image shape and class count the network was built for."""
+    """The data must have the image shape and class count the network was built for (for segmentation, the
+    channels and classes: the network takes canvases of any size)."""
     channels, size, _ = module.net.input_shape
+    if isinstance(data, CanvasDataModule):
+        wants, has = (channels, module.net.num_classes), (data.hparams.in_channels, data.segmentation_classes)
+        if wants != has:
+            raise ConfigError(f"ckpt_path={checkpoint}: the network takes {wants[0]}-channel canvases and labels "
+                              f"{wants[1]} classes, but the data ({data.name}) has {has[0]} channel(s) and {has[1]} "
+                              "classes with the background")
+        return
     wants = (channels, size, module.net.num_classes)
     has = (data.hparams.in_channels, data.image_size, data.num_classes)
     if wants != has:
@@ -64,6 +73,9 @@ def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accele
     checkpoint = checkpoints[0] if len(checkpoints) == 1 else checkpoints  # [A] is A
     members = [load_classifier(path, "ckpt_path") for path in checkpoints]
     data = load_datamodule(checkpoints[0], data_overrides)
+    segmentation = isinstance(data, CanvasDataModule)
+    if segmentation and len(members) > 1:
+        raise ConfigError("ckpt_path: an ensemble is scored for classifiers; give one segmentation checkpoint")
     for member, path in zip(members, checkpoints, strict=True):
         check_fit(member, data, path)
     module = members[0]
@@ -79,23 +91,36 @@ def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accele
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         results = trainer.test(module, datamodule=data, verbose=False)[0]
+    where = {"precision": precision, "dataset": data.name, "root": str(data.root),
+             "checkpoint": str(checkpoint) if isinstance(checkpoint, str) else [str(path) for path in checkpoint]}
+    if segmentation:
+        names = data.class_names
+        return {**{key: results[f"test/{key}"] for key in ("miou", "miou_digits", "pixel_acc", "loss")},
+                "canvases": data.canvases["test"], "canvas_size": data.canvas_size, **where,
+                "per_class_iou": {name: results[f"test/iou/{name}"] for name in names}}
     per_class = MulticlassAccuracy(num_classes=data.num_classes, average=None).to(module.device)
     module.eval()
     with torch.no_grad(), trainer.strategy.precision_plugin.forward_context():
         for x, y in data.test_dataloader():
             per_class.update(module(x), y)
     images, _ = data.splits["test"]
-    return {"test/acc": results["test/acc"], "test/loss": results["test/loss"], "images": len(images),
-            "precision": precision,
-            "dataset": data.name, "root": str(data.root),
-            "checkpoint": str(checkpoint) if isinstance(checkpoint, str) else [str(path) for path in checkpoint],
+    return {"test/acc": results["test/acc"], "test/loss": results["test/loss"], "images": len(images), **where,
             "per_class_acc": dict(zip(data.class_names, per_class.compute().tolist(), strict=True))}
 
 
 def report(metrics: dict) -> str:
-    per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
     checkpoint = metrics["checkpoint"]
     shown = checkpoint if isinstance(checkpoint, str) else f"the ensemble of {', '.join(checkpoint)}"
+    if "per_class_iou" in metrics:
+        size, per_class = metrics["canvas_size"], metrics["per_class_iou"]
+        return "\n".join([
+            f"checkpoint      {shown}",
+            f"test set        {metrics['canvases']} canvases ({size}x{size}) of {metrics['dataset']} digits in "
+            f"{metrics['root']}, {metrics['precision']}",
+            *(f"test/{key:<12}{metrics[key]:.4f}" for key in ("miou", "miou_digits", "pixel_acc", "loss")),
+            "IoU per class   " + "  ".join(f"{name} {iou:.3f}" for name, iou in per_class.items()),
+        ])
+    per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
     return "\n".join([
         f"checkpoint  {shown}",
         f"test set    {metrics['images']} images of {metrics['dataset']} in {metrics['root']}, {metrics['precision']}",

@@ -50,9 +50,10 @@ def layer_table(net: nn.Module, batch_size: int) -> tuple[list[tuple], int, int]
     ShapeProp(graph).propagate(torch.zeros(batch_size, *net.input_shape))
     rows, total_params, total_macs = [], 0, 0
     for node in graph.graph.nodes:
-        if node.op == "output":
-            continue
-        shape = list(node.meta["tensor_meta"].shape)
+        meta = node.meta.get("tensor_meta")
+        if node.op == "output" or not hasattr(meta, "shape"):
+            continue  # the result, or shape bookkeeping (an FCN reads its input's size to upsample to it)
+        shape = list(meta.shape)
         if node.op == "call_module":
             module = graph.get_submodule(node.target)
             if isinstance(module, nn.Identity):

@@ -1,15 +1,25 @@
-"""mnistlab-predict: the top classes of a trained network for image files of any size and format.
+"""mnistlab-predict: the top classes of a trained network for image files of any size and format, or, from a
+segmentation checkpoint, each pixel's class as a colour mask.
 
     mnistlab-predict ckpt_path=CKPT images=[seven.png,shoe.jpg]
     mnistlab-predict ckpt_path=CKPT images=[scan.png] invert=false top=5
     mnistlab-predict ckpt_path=CKPT images=[crop.png] fit=whole
+    mnistlab-predict ckpt_path=SEGMENTATION_CKPT images=[page.jpg] output=masks    # masks/page.mask.png
 
 Each image becomes what the network was trained on: grayscale, light ink on a dark background (MNIST's
 polarity; `invert=auto` flips images whose border is bright, `true`/`false` force it), cropped to its ink and
 scaled into the frame as the dataset was built (MNIST: a 20x20 box centred by centre of mass in 28x28;
 Fashion-MNIST and KMNIST: the whole frame), then standardised with the training set's mean and std.
 `fit=whole` skips the cropping and resizes the whole image, for images already framed like the dataset's.
+
+A segmentation network labels a whole page: the image, made light-on-dark the same way, is scaled so that its
+digits are as tall as the training digits (`digit_height=auto` measures them: the median height of the bands
+of rows that hold ink, one band per line of digits; or give their height in pixels), labelled, and the labels
+scaled back to the image's size: `NAME.mask.png` (background black, each class its colour, as in TensorBoard) in
+`output` (default: beside the image), and per image the classes found with their share of the labelled pixels.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-from mnistlab.checkpoints import load_datamodule, load_network
+from mnistlab.checkpoints import is_segmentation, load_datamodule, load_network, read_checkpoint
 from mnistlab.errors import ConfigError
+from mnistlab.inspection import colour_masks
 from mnistlab.tools.cli import run_tool
 
 INVERT_CHOICES = ("auto", "true", "false")
@@ -102,8 +113,69 @@ def predict(checkpoint: str, paths: list[str], invert: str = "auto", fit: str = 
             for path, (_, inverted), values, indices in zip(paths, prepared, *best, strict=True)]
 
 
+def ink_band_height(gray: torch.Tensor) -> int | None:
+    """The median height of the bands of consecutive rows that hold ink (one band per line of digits), or None
+    where there is no ink."""
+    rows = (gray > 0.5 * float(gray.max())).any(1).int() if float(gray.max()) > 0 else None
+    if rows is None or not rows.any():
+        return None
+    edges = torch.diff(F.pad(rows, (1, 1))).nonzero()[:, 0]  # starts and ends of the bands, alternately
+    heights = edges[1::2] - edges[::2]
+    return round(float(heights.float().quantile(0.5)))
+
+
+def segment(checkpoint: str, paths: list[str], invert: str = "auto", digit_height: int | str = "auto",
+            output: str | None = None) -> list[dict]:
+    """For each image: its colour mask written as NAME.mask.png, and the share of its labelled pixels per class."""
+    if invert not in INVERT_CHOICES:
+        raise ConfigError(f"invert={invert}: choose one of {', '.join(INVERT_CHOICES)}")
+    if digit_height != "auto" and not (isinstance(digit_height, int) and digit_height >= 4):
+        raise ConfigError(f"digit_height={digit_height}: give auto, or the digits' height in pixels (>= 4)")
+    if not paths:
+        raise ConfigError("images=[] names no image: give one or more files, e.g. images=[a.png,b.jpg]")
+    net = load_network(checkpoint, "ckpt_path")
+    data = load_datamodule(checkpoint, {})
+    trained_height = round(data.image_size * INK_SHARE[data.name])  # the ink of a training digit, in pixels
+    folder = Path(output) if output else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in paths:
+        gray = read_grayscale(path)
+        inverted = needs_inversion(gray) if invert == "auto" else invert == "true"
+        gray = 1 - gray if inverted else gray
+        measured = ink_band_height(gray) if digit_height == "auto" else digit_height
+        scale = trained_height / measured if measured else 1.0
+        height, width = gray.shape
+        size = [max(4, round(height * scale / 4) * 4), max(4, round(width * scale / 4) * 4)]  # the net pools by 4
+        scaled = TF.resize(gray[None, None], size, antialias=True).clamp(0, 1)
+        with torch.no_grad():
+            labels = net(data.normalize(scaled * 255)).argmax(1)
+        labels = TF.resize(labels[None].byte(), [height, width], interpolation=TF.InterpolationMode.NEAREST)[0, 0]
+        mask = (colour_masks(labels[None].long(), net.num_classes, data.ignore_index)[0] * 255).byte()
+        target = (folder or Path(path).parent) / f"{Path(path).stem}.mask.png"
+        try:
+            Image.fromarray(mask.permute(1, 2, 0).numpy()).save(target)
+        except OSError as err:
+            raise ConfigError(f"output: cannot write {target} ({err.strerror or err})") from None
+        counts = torch.bincount(labels.flatten().long(), minlength=net.num_classes)[1:]  # digits, not background
+        shares = counts / counts.sum().clamp(min=1)
+        found = [(data.class_names[i + 1], float(shares[i])) for i in shares.argsort(descending=True).tolist()
+                 if shares[i] >= 0.05]
+        results.append({"image": path, "inverted": inverted, "mask": str(target), "scale": scale, "found": found})
+    return results
+
+
 def predict_command(cfg: DictConfig, _args: list[str]) -> None:
     images = list(cfg.images) if OmegaConf.is_list(cfg.images) else [str(cfg.images)]
+    if is_segmentation(read_checkpoint(cfg.ckpt_path, "ckpt_path")):
+        rows = segment(cfg.ckpt_path, images, str(cfg.invert).lower(), cfg.digit_height, cfg.output)
+        width = max(len(row["image"]) for row in rows)
+        for row in rows:
+            found = "   ".join(f"{name} {share:4.0%}" for name, share in row["found"]) or "no digit"
+            note = " (inverted)" if row["inverted"] else ""
+            print(f"{row['image']:<{width}}  {found}  -> {row['mask']}{note}")
+        return
     rows = predict(cfg.ckpt_path, images, str(cfg.invert).lower(), cfg.fit, cfg.top)
     width = max(len(row["image"]) for row in rows)
     for row in rows:
