@@ -115,3 +115,12 @@ def test_a_classifiers_backbone_transfers_into_the_fcn(synthetic_root, tmp_path)
     saved = torch.load(classifier["best_checkpoint"], weights_only=True)["state_dict"]
     for name in ("backbone.conv1.weight", "backbone.conv2.weight", "backbone.conv2.bias"):
         assert torch.equal(segmenter.net.state_dict()[name], saved[f"net.{name}"])
+
+    # A classifier whose backbone is not the FCN's: one line, before anything trains.
+    with open_dict(cfg):
+        cfg.model.backbone = {"_target_": "mnistlab.models.ResNet"}
+    with pytest.raises(InstantiationException) as error:
+        build_task(cfg)
+    line = one_line(error.value)
+    assert line.startswith(f"tricks.init_from={classifier['best_checkpoint']}: ") and "\n" not in line
+    assert "backbone" in line
