@@ -116,9 +116,10 @@ def predict(checkpoint: str, paths: list[str], invert: str = "auto", fit: str = 
 def ink_band_height(gray: torch.Tensor) -> int | None:
     """The median height of the bands of consecutive rows that hold ink (one band per line of digits), or None
     where there is no ink."""
-    rows = (gray > 0.5 * float(gray.max())).any(1).int() if float(gray.max()) > 0 else None
-    if rows is None or not rows.any():
+    peak = float(gray.max())
+    if peak <= 0:
         return None
+    rows = (gray > 0.5 * peak).any(1).int()
     edges = torch.diff(F.pad(rows, (1, 1))).nonzero()[:, 0]  # starts and ends of the bands, alternately
     heights = edges[1::2] - edges[::2]
     return round(float(heights.float().quantile(0.5)))
@@ -137,8 +138,6 @@ def segment(checkpoint: str, paths: list[str], invert: str = "auto", digit_heigh
     data = load_datamodule(checkpoint, {})
     trained_height = round(data.image_size * INK_SHARE[data.name])  # the ink of a training digit, in pixels
     folder = Path(output) if output else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
         gray = read_grayscale(path)
@@ -155,6 +154,7 @@ def segment(checkpoint: str, paths: list[str], invert: str = "auto", digit_heigh
         mask = (colour_masks(labels[None].long(), net.num_classes, data.ignore_index)[0] * 255).byte()
         target = (folder or Path(path).parent) / f"{Path(path).stem}.mask.png"
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask.permute(1, 2, 0).numpy()).save(target)
         except OSError as err:
             raise ConfigError(f"output: cannot write {target} ({err.strerror or err})") from None
