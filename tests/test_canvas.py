@@ -4,7 +4,8 @@ validation and test canvases are fixed per seed, bad settings are one line."""
 import pytest
 import torch
 
-from mnistlab.canvas import BACKGROUND, CanvasDataModule, compose
+from mnistlab.canvas import BACKGROUND, CanvasDataModule, compose, warp_together
+from mnistlab.data import RandomAffine
 from mnistlab.errors import ConfigError
 
 INK, IGNORE = 128, 255
@@ -30,6 +31,22 @@ def test_pixels_are_labelled_by_the_ink_that_covers_them():
     assert rim.any() and ((pixels[rim] > 0) & (pixels[rim] < INK)).all()
     strokes = [len(set(m.unique().tolist()) - {BACKGROUND, IGNORE}) for m in mask]
     assert min(strokes) >= 1 and max(strokes) <= 3
+
+
+def test_a_warp_moves_canvas_and_mask_together():
+    images, labels = digits()
+    canvas, mask = compose(images, labels, 64, 64, 1, 3, INK, IGNORE, torch.Generator().manual_seed(0))
+    same = warp_together(RandomAffine(degrees=0, translate=0, scale=0), canvas, mask)
+    assert torch.equal(same[0], canvas) and torch.equal(same[1], mask)  # no transform: nothing moves
+    torch.manual_seed(0)
+    warped, labelled = warp_together(RandomAffine(degrees=20, translate=0.1, scale=0.1), canvas, mask)
+    assert warped.dtype == torch.uint8 and labelled.dtype == torch.long and not torch.equal(warped, canvas)
+    assert set(labelled.unique().tolist()) <= set(mask.unique().tolist())  # nearest neighbour: no new labels
+    # The stroke and its label moved together: nearly every inked pixel is labelled a digit, and no label sits on
+    # an empty pixel (bilinear ink at a stroke's edge may be a shade off where nearest-neighbour labels cut).
+    inked = warped[:, 0] >= INK
+    assert (labelled[inked] != BACKGROUND).float().mean() > 0.97
+    assert (warped[:, 0][(labelled >= 1) & (labelled <= 10)] > 0).float().mean() > 0.97
 
 
 def test_later_digits_lie_on_top():
@@ -75,6 +92,7 @@ def test_validation_and_test_canvases_are_fixed_per_seed_and_training_ones_are_n
     ({"max_digits": 11}, "data.min_digits=1, data.max_digits=11: need 1 <= min_digits <= max_digits <= 10"),
     ({"ignore_index": 3}, "data.ignore_index=3 is a class (0 background, 1-10 the digits): give one outside 0..10"),
     ({"ink_threshold": 0}, "data.ink_threshold=0 must be in [1, 255]"),
+    ({"augment": {"erase": 0.5}}, "data.augment.erase: random erasing blanks ink that the mask still labels"),
 ])
 def test_bad_canvas_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError) as error:

@@ -9,12 +9,14 @@ brighter of the overlapping pixels, as ink on ink.
 
 Training canvases are composed afresh for every batch on the device, from the training digits only; validation
 canvases from the validation slice, test canvases from the official test digits, both composed once per seed.
+`data.augment` (rotation, shift, scale, mirroring) warps each training canvas and its mask together.
 """
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from mnistlab.data import DeviceBatches, MNISTDataModule
+from mnistlab.data import DeviceBatches, MNISTDataModule, RandomAffine
 from mnistlab.errors import ConfigError
 
 BACKGROUND = 0
@@ -65,6 +67,15 @@ def compose(images: torch.Tensor, labels: torch.Tensor, count: int, size: int, m
     return canvas[:, None], mask
 
 
+def warp_together(affine: RandomAffine, canvas: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random transform per canvas, applied to the canvas (bilinear) and to its mask (nearest neighbour, so
+    every pixel keeps a label that exists); what comes in from outside the canvas is background in both."""
+    grid = F.affine_grid(affine.draw(len(canvas), canvas.device), list(canvas.shape), align_corners=False)
+    image = F.grid_sample(canvas.float(), grid, align_corners=False).round().byte()
+    labels = F.grid_sample(mask[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
+    return image, labels  # zero padding: black ink-free canvas, and BACKGROUND (0) labels
+
+
 class CanvasBatches(DeviceBatches):
     """Training batches composed on the fly: every batch is new canvases from the training digits."""
 
@@ -82,6 +93,8 @@ class CanvasBatches(DeviceBatches):
         for _ in range(self.steps):
             canvas, mask = compose(self.images, self.labels, self.batch_size, m.canvas_size, m.min_digits,
                                    m.max_digits, m.ink_threshold, m.ignore_index)
+            if m.augment is not None:
+                canvas, mask = warp_together(m.augment, canvas, mask)
             yield m.normalize(canvas), mask
 
 
@@ -115,6 +128,11 @@ class CanvasDataModule(MNISTDataModule):
                 raise ConfigError(f"data.{split}_canvases={count} must be an integer >= 1")
         if not 1 <= ink_threshold <= 255:
             raise ConfigError(f"data.ink_threshold={ink_threshold} must be in [1, 255] (a pixel's uint8 intensity)")
+        if self.augment is not None:  # canvas and mask warp together; erasing would leave labels without ink
+            if len(self.augment) > 1:
+                raise ConfigError("data.augment.erase: random erasing blanks ink that the mask still labels; "
+                                  "segmentation takes degrees, translate, scale and hflip")
+            self.augment = self.augment[0]
         self.canvas_size, self.min_digits, self.max_digits = canvas_size, min_digits, max_digits
         self.ink_threshold, self.ignore_index = ink_threshold, ignore_index
         self.canvases = {"train": train_canvases, "val": val_canvases, "test": test_canvases}

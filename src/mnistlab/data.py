@@ -93,16 +93,19 @@ class RandomAffine(nn.Module):
         self.degrees, self.translate, self.scale, self.hflip = degrees, translate, scale, hflip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(x.shape[0], 5, device=x.device)
+        grid = F.affine_grid(self.draw(x.shape[0], x.device).to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False)
+
+    def draw(self, count: int, device: torch.device) -> torch.Tensor:
+        """`count` random transforms as affine_grid's matrices [count, 2, 3]."""
+        u = torch.rand(count, 5, device=device)
         angle = (u[:, 0] * 2 - 1) * math.radians(self.degrees)
         zoom = 1 + (u[:, 1] * 2 - 1) * self.scale
         shift = (u[:, 2:4] * 2 - 1) * 2 * self.translate  # grid coordinates span [-1, 1]: a width is 2
         mirror = torch.where(u[:, 4] < self.hflip, -1.0, 1.0)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
-                             torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, align_corners=False)
+        return torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
+                            torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
 
 
 class RandomErasing(nn.Module):
