@@ -130,3 +130,15 @@ def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_pa
         overhead = 1000 * (row["a2_seconds"] - row["b_seconds"]) / row["steps"]
         assert row["overhead_ms_per_step"] == pytest.approx(overhead)
     assert "note: the shortest timed epoch took" in result.stdout  # 400 images: the figures mean little, and it says so
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_is_timed_against_a_plain_loop_of_canvases(synthetic_root, tmp_path):
+    out = tmp_path / "canvases.json"
+    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
+                           "--repeats", "1", "--batch-sizes", "32", "--json", str(out), "task=segmentation",
+                           "data.train_canvases=128", "data.val_canvases=32", "data.test_canvases=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "128 training canvases an epoch, composed per batch; validation on 32 fixed canvases" in result.stdout
+    (row,) = json.loads(out.read_text())["batch_sweep"]
+    assert row["steps"] == 4 and all(t > 0 for t in (row["a2_seconds"], row["b_seconds"]))  # 128 canvases // 32

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnistlab.canvas import CanvasDataModule, compose
 from mnistlab.config import compose_run_config
 from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.errors import ConfigError, DataError, MnistlabError
@@ -214,30 +215,44 @@ def timed(epoch, device: torch.device) -> tuple[float, int]:
     return time.perf_counter() - start, images
 
 
-def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
-    """(b): the floor. No host read per step: the shuffle, the batches and the accuracy stay on the device."""
+def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
+    """(b): the floor. No host read per step: the shuffle, the batches and the accuracy stay on the device. For
+    segmentation (a CanvasDataModule), each batch is canvases composed on the device as the data module does, the
+    validation its fixed canvases, the loss and the accuracy per labelled pixel."""
     torch.manual_seed(cfg.seed)
     net = instantiate(cfg.model).to(device)
     if bf16:
         net.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
-    (train_x, train_y), (val_x, val_y) = ((x.to(device), y.to(device)) for x, y in splits)
+    canvases = isinstance(datamodule, CanvasDataModule)
+    train_x, train_y = (t.to(device) for t in datamodule.splits["train"])
+    val_x, val_y = (t.to(device) for t in (datamodule.fixed["val"] if canvases else datamodule.splits["val"]))
+    ignore = datamodule.ignore_index if canvases else -100  # -100: cross_entropy's default, no label is
     eval_batch, mean, std = cfg.data.eval_batch_size, cfg.data.mean, cfg.data.std
     # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
-    steps_per_epoch = len(train_y) // batch
+    steps_per_epoch = (datamodule.canvases["train"] if canvases else len(train_y)) // batch
     schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
 
     def normalize(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255).sub_(mean).div_(std)
 
+    def batches():
+        if canvases:
+            d = datamodule
+            for _ in range(steps_per_epoch):
+                yield compose(train_x, train_y, batch, d.canvas_size, d.min_digits, d.max_digits, d.ink_threshold,
+                              d.ignore_index)
+            return
+        order = torch.randperm(len(train_y), device=device)  # the last partial batch dropped, as the data module
+        for step in range(steps_per_epoch):
+            index = order[step * batch : (step + 1) * batch]
+            yield train_x[index], train_y[index]
+
     def epoch() -> int:
         net.train()
-        order = torch.randperm(len(train_y), device=device)
-        steps = len(order) // batch  # the last partial batch is dropped, as the data module does
-        for step in range(steps):
-            index = order[step * batch : (step + 1) * batch]
+        for images, labels in batches():
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(net(normalize(train_x[index])), train_y[index])
+                loss = F.cross_entropy(net(normalize(images)), labels, ignore_index=ignore)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -247,10 +262,11 @@ def run_plain(cfg: DictConfig, splits, device: torch.device, batch: int, bf16: b
         correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             for start in range(0, len(val_y), eval_batch):
-                logits = net(normalize(val_x[start : start + eval_batch]))
-                correct += (logits.argmax(1) == val_y[start : start + eval_batch]).sum()
+                labels = val_y[start : start + eval_batch]
+                correct += ((net(normalize(val_x[start : start + eval_batch])).argmax(1) == labels)
+                            & (labels != ignore)).sum()
         correct.item()  # the epoch's one host read, as a real loop reports its accuracy
-        return steps * batch
+        return steps_per_epoch * batch
 
     return timed(epoch, device)
 
@@ -388,7 +404,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                           "times epochs with validation (--val-size N sets it)")
     datamodule = instantiate(base.data)
     datamodule.setup()  # mnistlab's own checks of the files, and the splits b trains on
-    splits = datamodule.splits["train"], datamodule.splits["val"]
+    trained = datamodule.canvases["train"] if isinstance(datamodule, CanvasDataModule) else n_train - val_size
     settings = {"a": {"batch": base.data.batch_size, "precision": base.trainer.precision},
                 "a2": {"batch": args.batch_size, "precision": precision},
                 "b": {"batch": args.batch_size, "precision": precision},
@@ -398,7 +414,10 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
 
     source = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
     header = {"machine": machine(device), "versions": versions(),
-              "data": {"source": source, "train_images": n_train - val_size, "val_images": val_size},
+              "data": {"source": source, "train_images": trained, "val_images": val_size,
+                       "unit": "canvases" if isinstance(datamodule, CanvasDataModule) else "images",
+                       "val_canvases": len(datamodule.fixed["val"][1]) if isinstance(datamodule, CanvasDataModule)
+                       else None},
               "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
 
@@ -408,7 +427,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
             extra = (fast(batch) if name == "a2" else []) + args.overrides
             return run_lightning(compose_config(folder, args.val_size, device, run_dir, extra))
         if name == "b":
-            return run_plain(base, splits, device, batch, bf16)
+            return run_plain(base, datamodule, device, batch, bf16)
         return run_tutorial(base, folder, n_train - val_size, val_size, device)
 
     if args.batch_sizes is not None:
@@ -421,7 +440,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                     sweep[batch][name].append(epoch_seconds)
                     print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {epoch_seconds:7.2f} s",
                           flush=True)
-        report_sweep = [overhead_row(batch, times, (n_train - val_size) // batch) for batch, times in sweep.items()]
+        report_sweep = [overhead_row(batch, times, trained // batch) for batch, times in sweep.items()]
         return header | {"batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
@@ -495,7 +514,11 @@ def print_report(report: dict) -> None:
     print(f"\nmachine   {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU {m['gpu']}, "
           f"bf16 {m['bf16']}; device {m['device']}")
     print("versions  " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()))
-    print(f"data      {data['source']}: {data['train_images']} training images, {data['val_images']} validation")
+    if data["unit"] == "canvases":
+        print(f"data      canvases of {data['source']}'s digits: {data['train_images']} training canvases an epoch, "
+              f"composed per batch; validation on {data['val_canvases']} fixed canvases")
+    else:
+        print(f"data      {data['source']}: {data['train_images']} training images, {data['val_images']} validation")
     print(f"method    repeats {method['repeats']}, variants interleaved; each: {method['epoch']}; "
           f"train img/s = training images / epoch seconds")
     print(f"memory    {method['memory']}")
