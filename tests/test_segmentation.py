@@ -3,6 +3,8 @@ dataset-level IoU; a classifier's backbone transfers into it."""
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from mnistlab.tools import evaluate, inspect_model, predict
 from mnistlab.tools.predict import ink_band_height
 from mnistlab.train import build_task
 
-from .conftest import FAST, run_in_process, train_in_process
+from .conftest import FAST, REPO, run_in_process, train_in_process
 
 SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
          "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
@@ -124,3 +126,18 @@ def test_a_classifiers_backbone_transfers_into_the_fcn(synthetic_root, tmp_path)
     line = one_line(error.value)
     assert line.startswith(f"tricks.init_from={classifier['best_checkpoint']}: ") and "\n" not in line
     assert "backbone" in line
+
+
+def test_a_page_of_digits_is_dark_ink_on_paper_in_lines(synthetic_root, tmp_path):
+    page = tmp_path / "page.png"
+    made = subprocess.run([sys.executable, str(REPO / "scripts" / "digit_page.py"),
+                           str(synthetic_root / "t10k-images-idx3-ubyte.gz"),
+                           str(synthetic_root / "t10k-labels-idx1-ubyte.gz"), str(page), "--lines", "3",
+                           "--per-line", "4", "--zoom", "2"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    lines = [line.split() for line in made.stdout.splitlines()]
+    assert len(lines) == 3 and all(len(line) == 4 and all(d.isdigit() for d in line) for line in lines)
+    gray = torch.from_numpy(np.asarray(Image.open(page).convert("L"))).float()
+    assert gray.shape == (2 * (3 * 37 + 9), 2 * (4 * 37 + 9))  # 28-pixel digits, 9-pixel gaps, twice as large
+    assert gray[:6].mean() > 200 and gray.min() < 100  # light paper at the top edge, dark ink somewhere
+    assert 0 < ink_band_height(255 - gray) <= 2 * 28  # the lines of ink are no taller than a line of digits
