@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides, unknown_choice
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError
-from mnistlab.models import ResNet, SeedNet
+from mnistlab.models import FCN, ResNet, SeedNet
 from mnistlab.train import device_for_job
 
 from .conftest import REPO
@@ -32,8 +32,10 @@ def test_every_experiment_composes_with_plus_and_builds_its_parts(experiment):
     cfg = compose_train(f"+experiment={experiment}")
     assert cfg.name == experiment
     net = instantiate(cfg.model)
-    assert isinstance(net, (SeedNet, ResNet))
-    assert net.eval()(torch.zeros(2, *net.input_shape)).shape == (2, net.num_classes)
+    assert isinstance(net, (SeedNet, ResNet, FCN))
+    scores = net.eval()(torch.zeros(2, *net.input_shape))
+    pixels = tuple(net.input_shape[1:]) if isinstance(net, FCN) else ()  # segmentation scores every pixel
+    assert scores.shape == (2, net.num_classes, *pixels)
     optimizer = instantiate(cfg.optimizer, params=net.parameters())
     assert isinstance(optimizer, torch.optim.Optimizer)
     assert isinstance(instantiate(cfg.data), MNISTDataModule)

@@ -12,7 +12,8 @@ from mnistlab.config import CONFIG_DIR
 from .conftest import REPO, offline_env, run_train
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-NEEDS_A_CHECKPOINT = {"distill": "tricks.distill_teacher", "transfer": "tricks.init_from"}
+NEEDS_A_CHECKPOINT = {"distill": "tricks.distill_teacher", "transfer": "tricks.init_from",
+                      "segmentation_transfer": "tricks.init_from"}
 TINY = ["data.val_size=200", "data.batch_size=64", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"]
 
@@ -22,7 +23,8 @@ def test_the_issue_lists_every_experiment():
               "stride", "kernel3", "no_bias_decay", "distill", "ema", "augment", "transfer", "bag_of_tricks"]
     # and the best recipes found for a 40-epoch budget on clothing and for digits, and the ResNet family
     resnets = ["resnet", "resnet_b", "resnet_c", "resnet_d", "resnet_zero_gamma", "resnet_bag_of_tricks"]
-    assert sorted([*listed, "bag_of_tricks_long", "mnist_best", *resnets]) == EXPERIMENTS
+    segmentation = ["segmentation", "segmentation_transfer"]
+    assert sorted([*listed, "bag_of_tricks_long", "mnist_best", *resnets, *segmentation]) == EXPERIMENTS
 
 
 @pytest.mark.slow
@@ -39,14 +41,16 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
         finished[name] = json.loads((job / "metrics.json").read_text())
     assert sorted(finished) == sorted(set(EXPERIMENTS) - set(NEEDS_A_CHECKPOINT))
     for name, metrics in finished.items():
-        assert metrics["epochs"] == 2 and 0 <= metrics["test/acc"] <= 1, name
+        headline = "test/miou" if name.startswith("segmentation") else "test/acc"
+        assert metrics["epochs"] == 2 and 0 <= metrics[headline] <= 1, name
 
     # The two that start from an earlier run get the baseline's checkpoint; distillation gets an ensemble of it
     # and the (BatchNorm) bag_of_tricks network, given as a list on the command line.
     def checkpoint(experiment: str) -> str:
         return str(next(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra" / "overrides.yaml").read_text()
                         .count(f"+experiment={experiment}\n")) / "checkpoints" / "last.ckpt")
-    given = {"distill": f"[{checkpoint('baseline')},{checkpoint('bag_of_tricks')}]", "transfer": checkpoint("baseline")}
+    given = {"distill": f"[{checkpoint('baseline')},{checkpoint('bag_of_tricks')}]", "transfer": checkpoint("baseline"),
+             "segmentation_transfer": checkpoint("baseline")}  # a classifier's backbone into the FCN
     for name, key in NEEDS_A_CHECKPOINT.items():
         run_dir = tmp_path / name
         done = run_train(f"+experiment={name}", f"{key}={given[name]}", f"data.root={synthetic_root}", *TINY,
