@@ -315,15 +315,17 @@ class SegmentationViews(pl.Callback):
         if not self.drawing:
             return
         writer, data = tensorboard_writer(trainer), trainer.datamodule
-        images, masks = data.first_images("val", self.num_images)
-        with evaluating(pl_module.net) as net:
-            predicted = net(images.to(pl_module.device)).argmax(1)
-        classes, ignore = pl_module.net.num_classes, pl_module.ignore_index
-        shown = data.denormalize(images.float()).clamp(0, 1).to(predicted.device).expand(-1, 3, -1, -1)
-        rows = torch.stack([shown, colour_masks(masks.to(predicted.device), classes, ignore),
-                            colour_masks(predicted, classes, ignore)], 1).flatten(0, 1)
-        rows = F.interpolate(rows.float().cpu(), scale_factor=self.zoom, mode="nearest")
-        writer.add_image("val/segmentation", make_grid(rows, nrow=3, padding=2, pad_value=1.0), trainer.global_step)
+        if self.num_images > 0:
+            images, masks = data.first_images("val", self.num_images)
+            with evaluating(pl_module.net) as net:
+                predicted = net(images.to(pl_module.device)).argmax(1)
+            classes, ignore = pl_module.net.num_classes, pl_module.ignore_index
+            shown = data.denormalize(images.float()).clamp(0, 1).to(predicted.device).expand(-1, 3, -1, -1)
+            rows = torch.stack([shown, colour_masks(masks.to(predicted.device), classes, ignore),
+                                colour_masks(predicted, classes, ignore)], 1).flatten(0, 1)
+            rows = F.interpolate(rows.float().cpu(), scale_factor=self.zoom, mode="nearest")
+            grid = make_grid(rows, nrow=3, padding=2, pad_value=1.0)
+            writer.add_image("val/segmentation", grid, trainer.global_step)
         figure, _ = self.confusion.plot(self.confusion.compute().cpu(), labels=data.class_names)
         figure.set_size_inches(9, 8)
         writer.add_figure("val/confusion_matrix", figure, trainer.global_step)

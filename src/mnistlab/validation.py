@@ -113,10 +113,10 @@ RULES = {
     "callbacks.validation_analysis.calibration_bins": (integer(1), "an integer >= 1"),
     **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = never)")
        for name in ("filters.every_n_epochs", "feature_maps.every_n_epochs", "histograms.every_n_epochs",
-                    "validation_analysis.figures_every_n_epochs")},
+                    "validation_analysis.figures_every_n_epochs", "segmentation_views.every_n_epochs")},
     **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = none)")
        for name in ("feature_maps.num_images", "first_batch.num_images", "validation_analysis.num_mistakes",
-                    "embedding.num_images")},
+                    "embedding.num_images", "segmentation_views.num_images")},
     # The per-image augmentation (data.augment, and what data.augment=recipe picks).
     **{f"data.{group}.{name}": (check, allowed) for group in ("augment", "recipe_augment")
        for name, check, allowed in [("degrees", number(0, 180), "in [0, 180]"),
