@@ -64,7 +64,7 @@ def test_a_segmentation_run_trains_tests_and_logs_dataset_level_iou(synthetic_ro
     scored = run_in_process(evaluate.main, f"ckpt_path={checkpoint}", f"json={tmp_path / 'eval.json'}")
     assert scored.returncode == 0, scored.stderr
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert evaluated["miou"] == pytest.approx(metrics["test/miou"], abs=1e-4)
+    assert evaluated["test/miou"] == pytest.approx(metrics["test/miou"], abs=1e-4)
     assert list(evaluated["per_class_iou"]) == ["background", *map(str, range(10))]
     assert "test/miou_digits" in scored.stdout and "64 canvases (64x64)" in scored.stdout
 

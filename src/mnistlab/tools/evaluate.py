@@ -33,6 +33,8 @@ from mnistlab.models.ensemble import Ensemble
 from mnistlab.tasks.classification import Classifier, load_classifier
 from mnistlab.tools.cli import given_keys, run_tool
 
+SEGMENTATION_METRICS = ("test/miou", "test/miou_digits", "test/pixel_acc", "test/loss")
+
 
 def check_fit(module: Classifier, data: MNISTDataModule, checkpoint: str) -> None:
     """The data must have the image shape and class count the network was built for (for segmentation, the
@@ -95,7 +97,7 @@ def evaluate(checkpoint: str | list[str], data_overrides: dict[str, str], accele
              "checkpoint": str(checkpoint) if isinstance(checkpoint, str) else [str(path) for path in checkpoint]}
     if segmentation:
         names = data.class_names
-        return {**{key: results[f"test/{key}"] for key in ("miou", "miou_digits", "pixel_acc", "loss")},
+        return {**{key: results[key] for key in SEGMENTATION_METRICS},
                 "canvases": data.canvases["test"], "canvas_size": data.canvas_size, **where,
                 "per_class_iou": {name: results[f"test/iou/{name}"] for name in names}}
     per_class = MulticlassAccuracy(num_classes=data.num_classes, average=None).to(module.device)
@@ -117,7 +119,7 @@ def report(metrics: dict) -> str:
             f"checkpoint      {shown}",
             f"test set        {metrics['canvases']} canvases ({size}x{size}) of {metrics['dataset']} digits in "
             f"{metrics['root']}, {metrics['precision']}",
-            *(f"test/{key:<12}{metrics[key]:.4f}" for key in ("miou", "miou_digits", "pixel_acc", "loss")),
+            *(f"{key:<16}{metrics[key]:.4f}" for key in SEGMENTATION_METRICS),
             "IoU per class   " + "  ".join(f"{name} {iou:.3f}" for name, iou in per_class.items()),
         ])
     per_class = "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items())
