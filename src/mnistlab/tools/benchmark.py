@@ -415,9 +415,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     source = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
     header = {"machine": machine(device), "versions": versions(),
               "data": {"source": source, "train_images": trained, "val_images": val_size,
-                       "unit": "canvases" if isinstance(datamodule, CanvasDataModule) else "images",
-                       "val_canvases": len(datamodule.fixed["val"][1]) if isinstance(datamodule, CanvasDataModule)
-                       else None},
+                       **({"unit": "canvases", "val_canvases": len(datamodule.fixed["val"][1])}
+                          if isinstance(datamodule, CanvasDataModule) else {})},
               "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
 
@@ -514,7 +513,7 @@ def print_report(report: dict) -> None:
     print(f"\nmachine   {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU {m['gpu']}, "
           f"bf16 {m['bf16']}; device {m['device']}")
     print("versions  " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()))
-    if data["unit"] == "canvases":
+    if data.get("unit") == "canvases":
         print(f"data      canvases of {data['source']}'s digits: {data['train_images']} training canvases an epoch, "
               f"composed per batch; validation on {data['val_canvases']} fixed canvases")
     else:
