@@ -126,9 +126,6 @@ class Classifier(pl.LightningModule):
         """(correct answers, answers) of one training batch, as tensors on the device."""
         return (logits.argmax(1) == labels).sum(), torch.full((), len(labels), device=labels.device)
 
-    def on_train_epoch_start(self) -> None:
-        self.train_totals = torch.zeros(3, device=self.device)
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, labels = self.training_loss(*batch)
         # The epoch's figures are running sums on the device, one add a step: two torchmetrics updates cost ten
@@ -137,13 +134,18 @@ class Classifier(pl.LightningModule):
         # (every trainer.log_every_n_steps) and on each epoch's first step (for the progress bar).
         with torch.no_grad():
             correct, answers = self.answer_counts(logits, labels)
-            self.train_totals += torch.stack((loss.detach().float() * answers, correct.float(), answers.float()))
+            step = torch.stack((loss.detach().float() * answers, correct.float(), answers.float()))
+            # Started here, not at the epoch's start: a run resumed mid-epoch starts there without that hook.
+            self.train_totals = step if self.train_totals is None else self.train_totals + step
         if batch_idx == 0 or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
+        if self.train_totals is None:
+            return  # no training step this epoch
         loss_sum, correct, answers = self.train_totals
+        self.train_totals = None
         # sync_dist: under DDP, the mean of every rank's figure (their shards are equal).
         self.log("train/loss_epoch", loss_sum / answers, sync_dist=True)
         self.log(self.TRAIN_ACCURACY, correct / answers, sync_dist=True)
