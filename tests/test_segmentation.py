@@ -137,7 +137,7 @@ def test_a_page_of_digits_is_dark_ink_on_paper_in_lines(synthetic_root, tmp_path
     assert made.returncode == 0, made.stderr
     lines = [line.split() for line in made.stdout.splitlines()]
     assert len(lines) == 3 and all(len(line) == 4 and all(d.isdigit() for d in line) for line in lines)
-    gray = torch.from_numpy(np.asarray(Image.open(page).convert("L"))).float()
+    gray = torch.from_numpy(np.array(Image.open(page).convert("L"))).float()
     assert gray.shape == (2 * (3 * 37 + 9), 2 * (4 * 37 + 9))  # 28-pixel digits, 9-pixel gaps, twice as large
     assert gray[:6].mean() > 200 and gray.min() < 100  # light paper at the top edge, dark ink somewhere
     assert 0 < ink_band_height(255 - gray) <= 2 * 28  # the lines of ink are no taller than a line of digits
