@@ -72,3 +72,113 @@ def test_every_tool_refuses_a_hostile_checkpoint_in_one_line(files, tool, args, 
         assert result.stderr.startswith(f"error: ckpt_path={path}: {why}"), (name, result.stderr)
         assert result.stderr.count("\n") == 1
     assert not (tmp_path / MARKER).exists() and not (tmp_path / "exported").exists()
+
+
+class RunsWhenUnpickled:
+    """What `torch.load(..., weights_only=False)` of a hostile file runs: here, it creates a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def hostile_model_configs(tmp_path: Path, marker: Path) -> dict[str, dict]:
+    """Model configs naming callables that Hydra's instantiate would call; each would create `marker`."""
+    pickled = tmp_path / "payload.pickle"
+    torch.save(RunsWhenUnpickled(marker), pickled)
+    return {
+        "shutil.copyfile": {"_target_": "shutil.copyfile", "src": __file__, "dst": str(marker)},
+        "builtins.open": {"_target_": "builtins.open", "file": str(marker), "mode": "w"},
+        "os.makedirs": {"_target_": "os.makedirs", "name": str(marker)},
+        "torch.load": {"_target_": "torch.load", "f": str(pickled), "weights_only": False},
+        "nested in an FCN": {"_target_": "mnistlab.models.FCN",
+                             "backbone": {"_target_": "os.makedirs", "name": str(marker)}},
+        "an argument of a registered network": {"_target_": "mnistlab.models.SeedNet",
+                                                "hidden": {"_target_": "os.makedirs", "name": str(marker)}},
+        "_args_ of a registered network": {"_target_": "mnistlab.models.SeedNet",
+                                           "_args_": [{"_target_": "os.makedirs", "name": str(marker)}]},
+    }
+
+
+def checkpoint_naming(model: dict) -> dict:
+    """A checkpoint as mnistlab writes one (weights_only-safe), whose saved model config is `model`."""
+    from mnistlab.models import SeedNet
+
+    state = {f"net.{name}": tensor for name, tensor in SeedNet().state_dict().items()}
+    return {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 10,
+            MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT},
+            "hyper_parameters": {"model": model, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}},
+            "datamodule_hyper_parameters": {"name": "mnist", "root": "data"}}
+
+
+@pytest.fixture
+def hostile_networks(tmp_path) -> tuple[dict[str, Path], Path]:
+    marker = tmp_path / "marker"
+    paths = {}
+    for name, model in hostile_model_configs(tmp_path, marker).items():
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.ckpt"
+        torch.save(checkpoint_naming(model), paths[name])
+    return paths, marker
+
+
+def test_a_checkpoint_names_nothing_but_registered_networks_at_any_entry_point(hostile_networks, tmp_path,
+                                                                               monkeypatch):
+    from mnistlab.checkpoints import load_datamodule, load_network, load_teacher
+    from mnistlab.tasks.classification import load_classifier
+    from mnistlab.tricks import transfer_weights
+
+    paths, marker = hostile_networks
+    monkeypatch.chdir(tmp_path)
+    loaders = {"load_classifier": lambda p: load_classifier(p, "ckpt_path"),
+               "load_network": lambda p: load_network(p, "ckpt_path"),
+               "load_datamodule": lambda p: load_datamodule(p, {}),
+               "load_teacher": lambda p: load_teacher(str(p), 10),
+               "transfer_weights": lambda p: transfer_weights(torch.nn.Linear(1, 1), p, False)}
+    for name, path in paths.items():
+        for loader_name, loader in loaders.items():
+            with pytest.raises(ConfigError) as error:
+                loader(path)
+            assert "\n" not in str(error.value)
+            assert "not a registered mnistlab network" in str(error.value) or "_args_" in str(error.value), (
+                name, loader_name, str(error.value))
+        for setting in ("ckpt_path", "tricks.init_from", "tricks.distill_teacher"):
+            with pytest.raises(ConfigError) as error:
+                precheck([f"{setting}={path}", f"hydra.run.dir={tmp_path / 'run'}"])
+            assert str(error.value).startswith(f"{setting}={path}: its "), (name, setting, str(error.value))
+        for tool, args in ((evaluate_main, []), (predict_main, ["images=[a.png]"]), (export_main, ["out=exported"])):
+            result = run_in_process(tool, f"ckpt_path={path}", *args)
+            assert result.returncode == 2 and result.stderr.count("\n") == 1, (name, tool, result.stderr)
+            assert result.stderr.startswith(f"error: ckpt_path={path}: its "), (name, result.stderr)
+    assert not marker.exists()  # nothing any checkpoint named was called
+    assert not (tmp_path / "run").exists() and not (tmp_path / "exported").exists()
+
+
+def test_the_error_names_the_foreign_target_and_how_to_register_a_network(hostile_networks):
+    from mnistlab.checkpoints import load_network
+
+    paths, _ = hostile_networks
+    with pytest.raises(ConfigError, match=r"its network 'shutil.copyfile' is not a registered mnistlab network, "
+                                          r"and nothing of it ran; .*'mnistlab.networks' entry point"):
+        load_network(paths["shutil.copyfile"], "ckpt_path")
+
+
+def test_a_registered_network_loads_from_a_checkpoint_and_an_unregistered_one_does_not(tmp_path):
+    from mnistlab.checkpoints import load_network
+    from mnistlab.models import register_network
+
+    from .toy_net import ToyNet
+
+    class Unlisted(ToyNet):
+        pass
+
+    net = Unlisted(width=4)
+    saved = checkpoint_naming({"_target_": f"{__name__}.Unlisted", "width": 4})
+    saved["state_dict"] = {f"net.{name}": tensor for name, tensor in net.state_dict().items()}
+    torch.save(saved, tmp_path / "toy.ckpt")
+    with pytest.raises(ConfigError, match="is not a registered mnistlab network"):
+        load_network(tmp_path / "toy.ckpt", "ckpt_path")
+    register_network(Unlisted, f"{__name__}.Unlisted")
+    loaded = load_network(tmp_path / "toy.ckpt", "ckpt_path")
+    assert type(loaded) is Unlisted and torch.equal(loaded.head[-1].weight, net.head[-1].weight)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -22,8 +21,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from mnistlab import __version__
 from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError, DiskFullError
-from mnistlab.models.contract import current_target
 from mnistlab.models.ensemble import Ensemble
+from mnistlab.models.registry import build_network, check_network_config
 
 LAST = "last.ckpt"
 INTERRUPTED = "interrupted.ckpt"
@@ -188,10 +187,25 @@ def read_checkpoint(checkpoint: str | Path, what: str) -> dict:
         raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint (no {missing[0]!r} entry; it holds "
                           f"{held or 'nothing'})")
     written = saved.get(MNISTLAB_KEY, {})
-    if written.get("format", CHECKPOINT_FORMAT) > CHECKPOINT_FORMAT:
+    fmt = written.get("format", CHECKPOINT_FORMAT) if isinstance(written, dict) else None
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint (its {MNISTLAB_KEY!r} entry is not "
+                          "{'version': ..., 'format': N})")
+    if fmt > CHECKPOINT_FORMAT:
         raise ConfigError(f"{what}={checkpoint}: written by mnistlab {written.get('version')} in checkpoint format "
-                          f"{written['format']}; this mnistlab ({__version__}) reads format {CHECKPOINT_FORMAT} and "
+                          f"{fmt}; this mnistlab ({__version__}) reads format {CHECKPOINT_FORMAT} and "
                           "older: upgrade mnistlab to read it")
+    state = saved["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint (its 'state_dict' entry is not a mapping "
+                          "of names to tensors)")
+    for key, kind in (("epoch", int), ("global_step", int), ("datamodule_hyper_parameters", dict)):
+        if key in saved and not isinstance(saved[key], kind):
+            raise ConfigError(f"{what}={checkpoint}: not a mnistlab checkpoint (its {key!r} entry is a "
+                              f"{type(saved[key]).__name__}, not a {kind.__name__})")
+    # The model config only picks a registered network: checked here, before any caller builds anything.
+    check_network_config(saved_model_config(saved, f"{what}={checkpoint}"), f"{what}={checkpoint}")
     return saved
 
 
@@ -205,13 +219,21 @@ def load_network(checkpoint: str | Path, what: str) -> torch.nn.Module:
     """A trained network alone (on the CPU, in eval mode), rebuilt from the model config saved with its weights;
     `what` names the setting that pointed at the checkpoint. Bad files end in one ConfigError line."""
     saved = read_checkpoint(checkpoint, what)
+    net = build_network(saved_model_config(saved, f"{what}={checkpoint}"), f"{what}={checkpoint}")
     try:
-        net = instantiate(current_target(saved["hyper_parameters"]["model"]))
         net.load_state_dict({name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
                              if name.startswith("net.")})
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
     return net.eval()
+
+
+def saved_model_config(saved: dict, what: str) -> dict:
+    """The model config a checkpoint was saved with; `what` names the checkpoint in the one-line error."""
+    hyper_parameters = saved.get("hyper_parameters")
+    if not isinstance(hyper_parameters, dict) or not isinstance(hyper_parameters.get("model"), dict):
+        raise ConfigError(f"{what}: not a mnistlab checkpoint (no model config in its 'hyper_parameters' entry)")
+    return hyper_parameters["model"]
 
 
 def unreadable_reason(err: Exception) -> str:

@@ -46,6 +46,7 @@ from mnistlab.config import (
 from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
+from mnistlab.models.registry import register_config_networks
 from mnistlab.precision import fast_precision
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.validation import check_config
@@ -83,6 +84,7 @@ def build_task(cfg: DictConfig) -> pl.LightningModule:
     """The task's LightningModule (config group `task`, its `metrics` aside) given the model, optimizer,
     scheduler and tricks; unbuilt configs, so that its checkpoint can rebuild the network alone."""
     parts = OmegaConf.to_container(cfg, resolve=True)
+    register_config_networks(parts["model"])  # the user's own config may name any network; a checkpoint may not
     task = {key: value for key, value in parts["task"].items() if key != "metrics"}
     return instantiate(task, model=parts["model"], optimizer=parts["optimizer"], scheduler=parts["scheduler"],
                        **parts["tricks"], _recursive_=False, _convert_="all")

@@ -11,8 +11,9 @@ scores, upsampled bilinearly to the input size.
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import nn
+
+from mnistlab.models.registry import build_network
 
 
 def same_padding(backbone: nn.Module) -> None:
@@ -26,7 +27,7 @@ class FCN(nn.Module):
     def __init__(self, backbone: dict | nn.Module, num_classes: int = 11, in_channels: int = 1,
                  image_size: int = 64, head_channels: int = 128, head_dilation: int = 2):
         super().__init__()
-        classifier = backbone if isinstance(backbone, nn.Module) else instantiate(backbone)
+        classifier = backbone if isinstance(backbone, nn.Module) else build_network(backbone, "model.backbone")
         self.backbone = classifier.backbone
         same_padding(self.backbone)
         if hasattr(classifier, "feature_layers"):  # else the views show every convolution of the backbone

@@ -20,7 +20,7 @@ from mnistlab.checkpoints import (
     unreadable_reason,
 )
 from mnistlab.errors import ConfigError
-from mnistlab.models.contract import current_target
+from mnistlab.models.registry import build_network
 from mnistlab.validation import check_values
 
 
@@ -49,7 +49,7 @@ class Classifier(pl.LightningModule):
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
-        self.net = instantiate(current_target(model))
+        self.net = build_network(model)  # registered networks only: a loaded checkpoint's config is data
         # One input batch: Lightning's model summary shows each layer's in/out sizes with it.
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
         if init_from:

@@ -1,0 +1,115 @@
+"""The networks a checkpoint may name. A checkpoint is data: the model config saved in it only picks one of these
+classes and gives it plain arguments. Nothing it names is imported or called unless it is registered here: the
+classes of `mnistlab.models`, those a user's package declares under the `mnistlab.networks` entry point group,
+and those registered in this process (`register_network`, or the network a run's own config names)."""
+
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+
+from torch import nn
+
+from mnistlab.errors import ConfigError
+from mnistlab.models.contract import current_target
+
+ENTRY_POINT_GROUP = "mnistlab.networks"
+_registered: dict[str, type[nn.Module]] = {}
+
+
+def class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_network(cls: type[nn.Module], name: str | None = None) -> type[nn.Module]:
+    """Let checkpoints name `cls` (by `name`, else its module path); usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"{cls!r} is not a torch.nn.Module class: only networks can be registered")
+    _registered[name or class_name(cls)] = cls
+    return cls
+
+
+def networks() -> dict[str, type[nn.Module]]:
+    """Every registered network by the `_target_` that names it."""
+    from mnistlab import models  # imported here: models/fcn.py builds its backbone through this module
+
+    found = {f"mnistlab.models.{name}": getattr(models, name) for name in models.NETWORKS}
+    found |= {class_name(cls): cls for cls in found.values()}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.value.replace(":", ".") not in _registered:
+            register_network(point.load(), point.value.replace(":", "."))
+    return found | _registered
+
+
+def register_config_networks(model: Mapping) -> None:
+    """Register every network a run's own config names (the user chose them, on the command line or in a yaml),
+    so that the checkpoints of this run load in this process."""
+    from hydra.utils import get_class
+
+    for config in _nested_configs(model):
+        target = current_target(config)["_target_"]
+        if target not in networks():
+            register_network(get_class(target), target)
+
+
+def build_network(model: Mapping, what: str = "model") -> nn.Module:
+    """The network a model config describes: registered classes only, plain arguments only, nested networks (an
+    FCN's backbone) built the same way. Anything else is one ConfigError line naming `what`, before anything is
+    called."""
+    check_network_config(model, what)
+    return _build(model)
+
+
+def check_network_config(model: object, what: str) -> None:
+    """Raise one ConfigError line if `model` names anything but registered networks, or holds anything but plain
+    values."""
+    if not isinstance(model, Mapping) or "_target_" not in model:
+        raise ConfigError(f"{what}: its model config is not a network's (a mapping with _target_)")
+    known = networks()
+    for config in _nested_configs(model):
+        target = current_target(config)["_target_"]
+        if not isinstance(target, str) or target not in known:
+            allowed = ", ".join(sorted(name for name in known if not name.startswith("mnistlab.models.")) or
+                                sorted(known))
+            raise ConfigError(f"{what}: its network {target!r} is not a registered mnistlab network, and nothing "
+                              f"of it ran; registered: {allowed} (register your own with the {ENTRY_POINT_GROUP!r} "
+                              "entry point or mnistlab.models.register_network)")
+        special = sorted(key for key in config if isinstance(key, str) and key.startswith("_") and key != "_target_")
+        if special:
+            raise ConfigError(f"{what}: its model config holds {special[0]!r}: a network's config holds its "
+                              "_target_ and plain arguments only")
+    _check_plain(model, what)
+
+
+def _nested_configs(value: object):
+    """Every mapping with a `_target_` in `value`, outermost first."""
+    if isinstance(value, Mapping):
+        if "_target_" in value:
+            yield value
+        for item in value.values():
+            yield from _nested_configs(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _nested_configs(item)
+
+
+def _check_plain(value: object, what: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{what}: its model config has a key of type {type(key).__name__}")
+            _check_plain(item, what)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, what)
+    elif not (value is None or isinstance(value, bool | int | float | str)):
+        raise ConfigError(f"{what}: its model config holds a {type(value).__name__}, not a plain value")
+
+
+def _build(value: object) -> object:
+    if isinstance(value, Mapping):
+        arguments = {key: _build(item) for key, item in value.items() if key != "_target_"}
+        if "_target_" not in value:
+            return arguments
+        return networks()[current_target(value)["_target_"]](**arguments)
+    if isinstance(value, list | tuple):
+        return [_build(item) for item in value]
+    return value
