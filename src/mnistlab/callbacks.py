@@ -12,10 +12,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.callbacks import TQDMProgressBar, WeightAveraging
 from pytorch_lightning.profilers import PassThroughProfiler
 
 from mnistlab.errors import ConfigError, NonFiniteLossError, NotLearningError
+from mnistlab.execution import optimizer_steps_per_epoch
 
 
 class NoProfiler(PassThroughProfiler):
@@ -105,8 +106,10 @@ class StopIfNotLearning(pl.Callback):
         self.loss_sum: torch.Tensor | None = None
         self.counted = 0
 
+    per_optimizer_step = True  # its batch hooks run for every optimizer step (mnistlab.execution)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        first_epoch = trainer.num_training_batches // trainer.accumulate_grad_batches
+        first_epoch = optimizer_steps_per_epoch(trainer)
         self.check_step = max(first_epoch, self.min_steps)
         self.loss_sum, self.counted = torch.zeros((), device=pl_module.device), 0
 
@@ -155,6 +158,8 @@ class StopIfNonFinite(pl.Callback):
     """Stops a run whose training loss became nan or inf, with one line naming the step, before a checkpoint can
     save the ruined weights. The first bad step is kept on the device and read only every log_every_n_steps steps,
     before each validation and at each epoch's end (checkpoints are written after those): no host sync per step."""
+
+    per_optimizer_step = True  # its batch hooks run for every optimizer step (mnistlab.execution)
 
     def __init__(self):
         self.first_bad_step: torch.Tensor | None = None
@@ -210,3 +215,25 @@ class SlurmRequeue(pl.Callback):
         if self.warned:
             self.warned = False
             trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting optimizer steps: a Lightning step runs data.steps_per_execution of them
+    (mnistlab.execution); it refreshes when a group crosses a multiple of refresh_rate steps, and at the end."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        return optimizer_steps_per_epoch(self.trainer) if total == self.trainer.num_training_batches else total
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if bar is None or not self.is_enabled:
+            return
+        per_group = getattr(trainer.train_dataloader, "steps_per_execution", None) or 1
+        done = min((batch_idx + 1) * per_group, bar.total or math.inf)
+        if done // self.refresh_rate > (done - per_group) // self.refresh_rate or done == bar.total:
+            bar.n = bar.last_print_n = done
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))

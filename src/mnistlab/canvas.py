@@ -79,18 +79,18 @@ def warp_together(affine: RandomAffine, canvas: torch.Tensor, mask: torch.Tensor
 class CanvasBatches(DeviceBatches):
     """Training batches composed on the fly: every batch is new canvases from the training digits."""
 
-    def __init__(self, module: "CanvasDataModule", images: torch.Tensor, labels: torch.Tensor, canvases: int):
+    def __init__(self, module: "CanvasDataModule", images: torch.Tensor, labels: torch.Tensor, canvases: int,
+                 **grouping):
         world = module.trainer.world_size if module.trainer else 1
-        self.module, self.images, self.labels = module, images, labels
-        self.batch_size, self.steps = module.batch_size, max(1, canvases // world // module.batch_size)
-        self.sampler = range(self.steps)  # Lightning reads it (and its length) as for any loader
+        steps = max(1, canvases // world // module.batch_size)
+        # The sampler: Lightning reads it (and its length) as for any loader.
+        super().__init__(images, labels, module.batch_size, range(steps * module.batch_size), None, **grouping)
+        self.module = module
 
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
+    def batches(self, start: int = 0):
+        """New canvases for the batches from index `start` on (a resumed epoch's random state is restored)."""
         m = self.module
-        for _ in range(self.steps):
+        for _ in range(start, self.num_batches()):
             canvas, mask = compose(self.images, self.labels, self.batch_size, m.canvas_size, m.min_digits,
                                    m.max_digits, m.ink_threshold, m.ignore_index)
             if m.augment is not None:
@@ -164,7 +164,7 @@ class CanvasDataModule(MNISTDataModule):
 
     def train_dataloader(self) -> CanvasBatches:
         images, labels = self.splits["train"]
-        return CanvasBatches(self, images, labels, self.canvases["train"])
+        return CanvasBatches(self, images, labels, self.canvases["train"], **self.grouping())
 
     def val_dataloader(self) -> DeviceBatches | list:
         return self._fixed_batches("val") if "val" in self.fixed else []

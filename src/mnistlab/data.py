@@ -3,6 +3,7 @@
 import contextlib
 import io
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch.utils.data import DistributedSampler
 from torchvision import datasets
 
 from mnistlab.errors import ConfigError, DataError
+from mnistlab.execution import grouped, resolve_steps_per_execution
 from mnistlab.idx import read_idx
 
 TORCHVISION_DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
@@ -158,26 +160,41 @@ class DeviceBatches:
     """Batches cut by index from tensors that already live on the training device.
 
     `sampler` orders the indices. Lightning calls `sampler.set_epoch` at each epoch start, so a seeded
-    DistributedSampler gives a fresh, reproducible shuffle per epoch (and shards across DDP ranks).
+    DistributedSampler gives a fresh, reproducible shuffle per epoch (and shards across DDP ranks). A training
+    loader (`steps_per_execution` K > 1) yields groups of K batches (execution.StepGroup), at most `limit` batches
+    an epoch (trainer.limit_train_batches, counted in batches whatever K), and a resumed epoch starts after the
+    groups it ran (`done`).
     """
 
     batch_sampler = None  # Lightning reads this DataLoader attribute once a loader has a `sampler`
 
-    def __init__(self, images, labels, batch_size: int, sampler, transform, drop_last: bool = False):
+    def __init__(self, images, labels, batch_size: int, sampler, transform, drop_last: bool = False,
+                 steps_per_execution: int | None = None, limit: int | None = None,
+                 done: Callable[[], int] = lambda: 0):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler, self.transform, self.drop_last = sampler, transform, drop_last
+        self.steps_per_execution, self.limit, self.done = steps_per_execution, limit, done
+
+    def num_batches(self) -> int:
+        n = len(self.sampler)
+        count = n // self.batch_size if self.drop_last and n >= self.batch_size else math.ceil(n / self.batch_size)
+        return count if self.limit is None else min(count, self.limit)
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        if self.drop_last and n >= self.batch_size:
-            return n // self.batch_size
-        return math.ceil(n / self.batch_size)
+        count = self.num_batches()
+        return count if self.steps_per_execution is None else math.ceil(count / self.steps_per_execution)
+
+    def batches(self, start: int = 0):
+        """The epoch's batches from index `start` on."""
+        order = torch.tensor(list(self.sampler), device=self.images.device)
+        for first in range(start * self.batch_size, self.num_batches() * self.batch_size, self.batch_size):
+            index = order[first : first + self.batch_size]
+            yield self.transform(self.images[index]), self.labels[index]
 
     def __iter__(self):
-        order = torch.tensor(list(self.sampler), device=self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.transform(self.images[index]), self.labels[index]
+        per_group = self.steps_per_execution or 1
+        groups = grouped(self.batches, self.num_batches(), per_group, self.done)
+        return groups if per_group > 1 else (group.first() for group in groups)  # K=1: plain batches
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -189,7 +206,7 @@ class MNISTDataModule(pl.LightningDataModule):
                  train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
                  num_classes: int = 10, augment: dict | str | None = None, recipe_augment: dict | None = None,
-                 seed: int = 0):
+                 seed: int = 0, steps_per_execution: int | str = 1):
         super().__init__()
         if augment == "recipe":  # the augmentation that suits this dataset's images, chosen per dataset
             augment = recipe_augment
@@ -208,7 +225,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mean, self.std, self.image_size, self.num_classes = mean, std, image_size, num_classes
         self.augment = build_augment(**augment) if augment else None
-        self.seed = seed
+        self.seed, self.steps_per_execution = seed, steps_per_execution
         self.download_error: str | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -275,16 +292,27 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = self.splits[split]
         return self.normalize(images[:count]), labels[:count]
 
-    def _batches(self, split: str, batch_size: int, shuffle: bool, augment: nn.Module | None = None):
+    def _batches(self, split: str, batch_size: int, shuffle: bool, augment: nn.Module | None = None,
+                 **training) -> DeviceBatches:
         images, labels = self.splits[split]
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = DistributedSampler(range(len(labels)), num_replicas=world, rank=rank, shuffle=shuffle,
                                      seed=self.seed)
         return DeviceBatches(images, labels, batch_size, sampler, partial(self.normalize, augment=augment),
-                             drop_last=shuffle)
+                             drop_last=shuffle, **training)
+
+    def grouping(self) -> dict:
+        """How the training loader groups its batches (see DeviceBatches): K, the batch limit, the resume point."""
+        trainer = self.trainer
+        limit = getattr(trainer, "limit_train_batches", None)
+        progress = trainer.fit_loop.epoch_loop.batch_progress if trainer else None
+        return {"steps_per_execution": resolve_steps_per_execution(self.steps_per_execution, self.batch_size,
+                                                                   trainer),
+                "limit": limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+                "done": (lambda: progress.current.completed) if progress else (lambda: 0)}
 
     def train_dataloader(self) -> DeviceBatches:
-        return self._batches("train", self.batch_size, shuffle=True, augment=self.augment)
+        return self._batches("train", self.batch_size, shuffle=True, augment=self.augment, **self.grouping())
 
     def val_dataloader(self) -> DeviceBatches | list:
         # No validation split (val_size=0): an empty list, which Lightning takes as "skip validation".

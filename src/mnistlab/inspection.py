@@ -21,6 +21,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
+from mnistlab.execution import first_batch
+
 # Equal-width histogram bins: a third of the time of TensorBoard's default ~1500 exponential edges, which sort
 # every value (fc1 alone has 400,000), and TensorBoard re-bins to 30 for display anyway.
 BINS = 64
@@ -182,7 +184,7 @@ class TrainingBatchImages(pl.Callback):
         writer = tensorboard_writer(trainer)
         if writer is None:
             return
-        images, labels = (t[: self.num_images] for t in batch)
+        images, labels = (t[: self.num_images] for t in first_batch(batch))
         if pl_module.mixer is not None:
             with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
                 images, _ = pl_module.mixer(images, labels)

@@ -54,6 +54,9 @@ from mnistlab.validation import check_config
 log = logging.getLogger(__name__)
 # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Lightning compares its own steps with log_every_n_steps; with data.steps_per_execution each is a group of optimizer
+# steps, and the logger counts those.
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 
 def device_for_job(job_num: int | None, gpus: int) -> int | list[int]:
@@ -104,7 +107,12 @@ def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
                  if shown or not issubclass(get_object(c._target_), pl.callbacks.ProgressBar)] + list(extra_callbacks)
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}  # trainer.profiler=simple works
-    return datamodule, module, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **profiler)
+    # The task runs its optimizer steps itself (mnistlab.execution): it clips the gradients, not the Trainer.
+    module.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
+    module.gradient_clip_algorithm = cfg.trainer.get("gradient_clip_algorithm") or "norm"
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, gradient_clip_val=None,
+                          gradient_clip_algorithm=None, **profiler)
+    return datamodule, module, trainer
 
 
 def first_process() -> bool:

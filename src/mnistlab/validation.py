@@ -104,6 +104,11 @@ RULES = {
     "scheduler.warmup_start_factor": (number(0, 1, low_open=True), "in (0, 1]"),
     "scheduler.warmup_min_steps": (integer(0), "an integer >= 0"),
     "trainer.log_every_n_steps": (integer(1), "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (one_of(1), "1: mnistlab runs its optimizer steps itself "
+                                        "(data.steps_per_execution), which Lightning's accumulation does not support; "
+                                        "for a larger effective batch, raise data.batch_size (with "
+                                        "tricks.linear_lr_scaling=true)"),
+    "data.steps_per_execution": (lambda value: value == "auto" or integer(1)(value), "auto or an integer >= 1"),
     "trainer.check_val_every_n_epoch": (lambda value: value is None or integer(1)(value), "null or an integer >= 1"),
     "callbacks.model_checkpoint.save_top_k": (integer(-1), "an integer >= -1 (-1: every checkpoint, 0: none)"),
     "callbacks.model_checkpoint.mode": (one_of("max", "min"), "max or min"),

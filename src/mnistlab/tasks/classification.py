@@ -20,6 +20,7 @@ from mnistlab.checkpoints import (
     unreadable_reason,
 )
 from mnistlab.errors import ConfigError
+from mnistlab.execution import StepGroup, StepHooks, optimizer_steps_per_epoch
 from mnistlab.models.registry import build_network
 from mnistlab.validation import check_values
 
@@ -49,6 +50,10 @@ class Classifier(pl.LightningModule):
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
+        # Manual optimization: training_step runs one or several optimizer steps (mnistlab.execution).
+        self.automatic_optimization = False
+        self.gradient_clip_val, self.gradient_clip_algorithm = None, None  # set by mnistlab.train.build_run
+        self.step_hooks: StepHooks | None = None  # set when training starts
         self.net = build_network(model)  # registered networks only: a loaded checkpoint's config is data
         # One input batch: Lightning's model summary shows each layer's in/out sizes with it.
         self.example_input_array = torch.zeros(2, *self.net.input_shape)
@@ -126,22 +131,58 @@ class Classifier(pl.LightningModule):
         """(correct answers, answers) of one training batch, as tensors on the device."""
         return (logits.argmax(1) == labels).sum(), torch.full((), len(labels), device=labels.device)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self.training_loss(*batch)
+    def training_step(self, batches, batch_idx: int) -> dict:
+        """One optimizer step per batch of `batches`: a (images, labels) batch, or a group of them
+        (data.steps_per_execution, see mnistlab.execution), each with the step's schedule, clipping and per-step
+        callbacks as Lightning's automatic optimization would run them."""
+        group = batches if isinstance(batches, StepGroup) else [batches]
+        optimizer, hooks, last = self.optimizers(), self.step_hooks, len(group) - 1
+        for i, (x, y) in enumerate(group):
+            if i:
+                hooks.start(batches, batch_idx)
+            loss = self.optimizer_step_on(optimizer, x, y)
+            # Each `self.log` call costs Lightning about half a millisecond, so the step loss is logged only where
+            # the logger writes (every trainer.log_every_n_steps) and at each epoch's first step (progress bar).
+            every = self.trainer.log_every_n_steps
+            if (batch_idx == 0 and i == 0) or (every and self.trainer.global_step % every == 0):
+                self.log("train/loss_step", loss, prog_bar=True, batch_size=len(y))
+            if i == last or 0 <= self.trainer.max_steps <= self.trainer.global_step:
+                break
+            hooks.end({"loss": loss}, batches, batch_idx)
+        hooks.after_group()
+        return {"loss": loss}
+
+    def optimizer_step_on(self, optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step: loss, backward, optimizer (clipping in on_before_optimizer_step), the per-step schedules."""
+        loss, logits, labels = self.training_loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == "step" and self.trainer.global_step % config.frequency == 0:
+                config.scheduler.step()
         # The epoch's figures are running sums on the device, one add a step: two torchmetrics updates cost ten
-        # times that in Python, and a step of this network is a few milliseconds. Each `self.log` call costs
-        # Lightning about half a millisecond, so the step loss is logged only on the steps the logger writes
-        # (every trainer.log_every_n_steps) and on each epoch's first step (for the progress bar).
+        # times that in Python, and a step of this network is a few milliseconds.
         with torch.no_grad():
             correct, answers = self.answer_counts(logits, labels)
             step = torch.stack((loss.detach().float() * answers, correct.float(), answers.float()))
             # Started here, not at the epoch's start: a run resumed mid-epoch starts there without that hook.
             self.train_totals = step if self.train_totals is None else self.train_totals + step
-        if batch_idx == 0 or (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", loss, prog_bar=True)
-        return loss
+        return loss.detach()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """trainer.gradient_clip_val, applied where automatic optimization applies it: after the backward pass
+        (and AMP's unscaling), after the gradient histograms, before the step."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+
+    def on_train_start(self) -> None:
+        self.step_hooks = StepHooks(self.trainer, self)
 
     def on_train_epoch_end(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:  # SWA's annealing, say: manual optimization steps them
+            if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
+                config.scheduler.step()
         if self.train_totals is None:
             return  # no training step this epoch
         loss_sum, correct, answers = self.train_totals
@@ -181,8 +222,12 @@ class Classifier(pl.LightningModule):
         optimizer = instantiate(settings, _partial_=True)(groups)
         if not self.hparams.scheduler:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs)
+        self.trainer.fit_loop.setup_data()  # the training loader, whose batches are the optimizer steps
+        steps_per_epoch = optimizer_steps_per_epoch(self.trainer)
+        epochs = self.trainer.max_epochs
+        total_steps = steps_per_epoch * epochs if epochs and epochs > 0 else self.trainer.max_steps
+        if self.trainer.max_steps >= 0:
+            total_steps = min(total_steps, self.trainer.max_steps)
         scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps, steps_per_epoch)
         if scheduler is None:
             return optimizer

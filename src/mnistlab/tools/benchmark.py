@@ -43,6 +43,7 @@ from mnistlab.canvas import CanvasDataModule, compose
 from mnistlab.config import compose_run_config
 from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.errors import ConfigError, DataError, MnistlabError
+from mnistlab.execution import StepGroup
 from mnistlab.idx import read_idx, write_idx
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.synthetic import write_synthetic_dataset
@@ -176,7 +177,7 @@ class EpochTimer(pl.Callback):
                 self.profiler.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.images += len(batch[1])
+        self.images += batch.images if isinstance(batch, StepGroup) else len(batch[1])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.TIMED_EPOCH:
