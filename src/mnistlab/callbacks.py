@@ -6,6 +6,7 @@ import contextlib
 import math
 import random
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar, WeightAveraging
 from pytorch_lightning.profilers import PassThroughProfiler
 
 from mnistlab.errors import ConfigError, NonFiniteLossError, NotLearningError
-from mnistlab.execution import optimizer_steps_per_epoch
+from mnistlab.execution import optimizer_steps_per_epoch, step_losses
 
 
 class NoProfiler(PassThroughProfiler):
@@ -106,8 +107,6 @@ class StopIfNotLearning(pl.Callback):
         self.loss_sum: torch.Tensor | None = None
         self.counted = 0
 
-    per_optimizer_step = True  # its batch hooks run for every optimizer step (mnistlab.execution)
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         first_epoch = optimizer_steps_per_epoch(trainer)
         self.check_step = max(first_epoch, self.min_steps)
@@ -115,16 +114,19 @@ class StopIfNotLearning(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        step = trainer.global_step  # optimizer steps taken, this one included
-        if self.loss_sum is None or step > self.check_step or step <= self.check_step // 2:
+        losses, first = step_losses(outputs, trainer)
+        last = first + len(losses)  # optimizer steps taken, this group's included
+        low, high = self.check_step // 2, self.check_step  # the window: steps low+1 .. high
+        if self.loss_sum is None or first >= high or last <= low:
             return  # a resumed run past the check, or outside the window
-        self.loss_sum += outputs["loss"].detach().float()
-        self.counted += 1
-        if step == self.check_step:
+        window = losses[max(low - first, 0) : high - first]
+        self.loss_sum += window.float().sum()
+        self.counted += len(window)
+        if last >= high:
             mean = float(trainer.strategy.reduce(self.loss_sum / self.counted, reduce_op="mean"))
             if mean > (1 - self.tolerance) * self.chance_loss:
                 raise NotLearningError(
-                    f"not learning: the training loss is {mean:.3f} after {step} steps, the {self.chance_loss:.3f} "
+                    f"not learning: the training loss is {mean:.3f} after {high} steps, the {self.chance_loss:.3f} "
                     f"(ln {round(math.exp(self.chance_loss))}) of a network that guesses one answer for every image; "
                     "lower optimizer.lr, lengthen the warmup (scheduler.warmup_epochs) or add BatchNorm "
                     "(model.batch_norm=true)")
@@ -157,9 +159,8 @@ class RandomState(pl.Callback):
 class StopIfNonFinite(pl.Callback):
     """Stops a run whose training loss became nan or inf, with one line naming the step, before a checkpoint can
     save the ruined weights. The first bad step is kept on the device and read only every log_every_n_steps steps,
-    before each validation and at each epoch's end (checkpoints are written after those): no host sync per step."""
-
-    per_optimizer_step = True  # its batch hooks run for every optimizer step (mnistlab.execution)
+    before each validation and at each epoch's end (checkpoints are written after those): no host sync per step.
+    It reads the losses of a whole group of steps at once (mnistlab.execution)."""
 
     def __init__(self):
         self.first_bad_step: torch.Tensor | None = None
@@ -169,10 +170,12 @@ class StopIfNonFinite(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        loss = outputs["loss"].detach()
-        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
-        self.first_bad_step.copy_(torch.where(bad, trainer.global_step - 1, self.first_bad_step))
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        losses, first = step_losses(outputs, trainer)
+        bad = ~torch.isfinite(losses)
+        step = first + bad.int().argmax()  # the group's first bad step
+        self.first_bad_step.copy_(torch.where(bad.any() & (self.first_bad_step < 0), step, self.first_bad_step))
+        every = trainer.log_every_n_steps
+        if every and (trainer.global_step // every > first // every):  # a multiple of every within the group
             self.stop_if_bad(trainer)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -237,3 +240,33 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = bar.last_print_n = done
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class EpochClock(pl.Callback):
+    """The wall time of the training epochs, their validation included, kept in checkpoints: a resumed run's
+    seconds per epoch are those of every process that ran its epochs, as an uninterrupted run's are."""
+
+    def __init__(self):
+        self.seconds, self.epochs, self.started = 0.0, 0, None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started is not None:  # an epoch resumed mid-way started in another process: not counted
+            self.seconds += time.perf_counter() - self.started
+            self.epochs += 1
+            self.started = None
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds, "epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.seconds, self.epochs = state_dict["seconds"], state_dict["epochs"]
+
+
+def seconds_per_epoch(trainer: pl.Trainer) -> float | None:
+    """The mean seconds of a training epoch (its validation included) over the run, resumed parts too; None
+    without an EpochClock or a whole epoch timed."""
+    clock = next((c for c in trainer.callbacks if isinstance(c, EpochClock)), None)
+    return round(clock.seconds / clock.epochs, 3) if clock is not None and clock.epochs else None

@@ -1,9 +1,7 @@
 """Work that survives a crash: checkpoints written atomically, a checkpoint on Ctrl-C or SIGTERM, one writer per
 run folder, and finding the run that `ckpt_path=last` resumes."""
 
-import contextlib
 import errno
-import fcntl
 import inspect
 import io
 import os
@@ -101,79 +99,6 @@ class SaveOnInterrupt(pl.Callback):
                   f"{folder / INTERRUPTED}; {resume}", flush=True)
 
 
-LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def run_folder_lock(folder: Path):
-    """Holds an exclusive lock on a run folder while the block runs: a second process that would write there (a
-    resume, the same hydra.run.dir) stops at once with one line naming the holder. The operating system drops the
-    lock when its process dies, so a lock left by a killed run never blocks."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(f"{folder} is in use by process {holder}: one run writes a run folder at a time; "
-                              "wait for it to end, or give another hydra.run.dir") from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-
-
-def check_not_finished(folder: Path) -> None:
-    """A run never overwrites a finished one (its metrics.json): one line instead."""
-    if (folder / "metrics.json").is_file():
-        raise ConfigError(f"{folder} holds a finished run (metrics.json): a run never overwrites another; give "
-                          "another hydra.run.dir, or remove that folder")
-
-
-def check_sweep_folder(args: list[str]) -> None:
-    """A sweep whose explicit hydra.sweep.dir holds the jobs of an earlier sweep stops in one line: Hydra would
-    overwrite them job by job, and mnistlab-report would mix the two. An Optuna search continues instead."""
-    given = [arg.split("=", 1)[1].strip("'\"") for arg in args if arg.startswith("hydra.sweep.dir=")]
-    if not given or "${" in given[-1]:
-        return  # the default folder is named for the time it starts: always new
-    if any(arg.startswith(("hparams_search=optuna", "hydra/sweeper=mnistlab_optuna")) for arg in args):
-        return  # an Optuna search continues its study there, trial by trial
-    folder = Path(given[-1]).expanduser()
-    jobs = sorted(folder.glob("*/.hydra"))
-    if jobs:
-        finished = sum((job.parent / "metrics.json").is_file() for job in jobs)
-        raise ConfigError(f"{folder} holds {len(jobs)} jobs of an earlier sweep ({finished} finished): a sweep never "
-                          f"overwrites another; give another hydra.sweep.dir, or remove {folder}")
-
-
-def check_not_in_use(folder: Path) -> None:
-    """The one-line error of run_folder_lock, before anything (Hydra's own files included) is written there."""
-    if (folder / LOCK).is_file():
-        with run_folder_lock(folder):
-            pass
-
-
-def unfinished_run(runs: Path) -> Path:
-    """The newest run folder under `runs` with a last.ckpt and no metrics.json (it never finished)."""
-    candidates = sorted((p.parents[1] for p in runs.glob(f"*/checkpoints/{LAST}")
-                         if not (p.parents[1] / "metrics.json").exists()), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise ConfigError(f"ckpt_path=last: no unfinished run to resume under {runs} (one with "
-                          f"checkpoints/{LAST} and no metrics.json); give ckpt_path=FILE or hydra.run.dir=FOLDER")
-    return candidates[-1]
-
-
-def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The file `trainer.fit` resumes from: None, a given checkpoint, or `last` = this run folder's last.ckpt."""
-    if ckpt_path is None:
-        return None
-    path = run_dir / "checkpoints" / LAST if ckpt_path == "last" else Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no checkpoint at {path}")
-    return str(path)
-
-
 # Reading checkpoints back: for the tools, a teacher, a transfer.
 
 
@@ -246,6 +171,27 @@ def load_network(checkpoint: str | Path, what: str) -> torch.nn.Module:
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
     return net.eval()
+
+
+TRAINING_STATE = ("epoch", "global_step", "loops", "optimizer_states")  # what a resumed fit restores
+
+
+def check_resumable(saved: dict, net: torch.nn.Module, what: str) -> None:
+    """One line if a checkpoint cannot resume this run: it holds no training state (weights alone), or its
+    weights do not fit the run's network `net` (another model, or other model settings)."""
+    missing = [key for key in TRAINING_STATE if key not in saved]
+    if missing:
+        raise ConfigError(f"{what}: it holds weights but no training state to resume (no {missing[0]!r} entry); "
+                          f"start from its weights with tricks.init_from={what.split('=', 1)[1]} instead")
+    weights = {name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
+               if name.startswith("net.")}
+    own = net.state_dict()
+    unfit = sorted(set(own) ^ set(weights)) or [name for name in own if own[name].shape != weights[name].shape]
+    if unfit:
+        trained = saved_model_config(saved, what).get("_target_")
+        raise ConfigError(f"{what}: its weights ({trained}) do not fit this run's {type(net).__name__} "
+                          f"({unfit[0]} differs): resume with the model settings it was trained with (its run "
+                          "folder's .hydra/overrides.yaml)")
 
 
 def saved_model_config(saved: dict, what: str) -> dict:

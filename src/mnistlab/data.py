@@ -76,6 +76,8 @@ def load_split(files: dict[str, Path], split: str, image_size: int, num_classes:
         raise DataError(f"{labels_path}: expected labels shaped [N], found {tuple(labels.shape)}")
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{images_path} holds no images: the {split} split needs at least one")
     if tuple(images.shape[1:]) != (image_size, image_size):
         raise DataError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, "
                         f"but data.image_size={image_size}")

@@ -1,10 +1,10 @@
 """Entry point: compose the config, fit, test the best checkpoint, write metrics.json, print a summary."""
 
 import contextlib
+import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -23,16 +23,8 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnistlab.callbacks import NoProfiler, load_tested_weights
-from mnistlab.checkpoints import (
-    check_not_finished,
-    check_not_in_use,
-    check_sweep_folder,
-    read_checkpoint,
-    resume_checkpoint,
-    run_folder_lock,
-    unfinished_run,
-)
+from mnistlab.callbacks import NoProfiler, load_tested_weights, seconds_per_epoch
+from mnistlab.checkpoints import check_resumable, read_checkpoint
 from mnistlab.config import (
     CONFIG_DIR,
     compose_run_config,
@@ -46,8 +38,20 @@ from mnistlab.config import (
 from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.inspection import log_hparams
-from mnistlab.models.registry import register_config_networks
+from mnistlab.models.registry import build_network, register_config_networks
 from mnistlab.precision import fast_precision
+from mnistlab.run_folder import (
+    check_not_finished,
+    check_not_in_use,
+    check_sweep_folder,
+    check_writable,
+    explicit_sweep_folder,
+    hold,
+    hold_sweep,
+    is_search,
+    resume_checkpoint,
+    unfinished_run,
+)
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.validation import check_config
 
@@ -122,41 +126,21 @@ def first_process() -> bool:
 
 def train(cfg: DictConfig, check: bool = True) -> dict:
     """Fit (or resume, with `ckpt_path`), then test the best checkpoint (the last, without validation) on the
-    official test set; returns the final metrics. The run folder is locked for the run's life. `check=False`:
-    the config was checked already (`main` checks a single run before Hydra makes its folder)."""
+    official test set; returns the final metrics. The run folder is held for the run's life (`main` holds it
+    already, from before Hydra writes there). `check=False`: the config was checked already (`main` checks a single
+    run before Hydra starts)."""
     if check:
         check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with run_folder_lock(run_dir) if first_process() else contextlib.nullcontext():
+    with hold(run_dir) if first_process() else contextlib.nullcontext() as claim:
         try:
+            check_writable(run_dir)
             return fit_and_test(cfg, run_dir)
         except BaseException:
-            if HydraConfig.get().mode != RunMode.MULTIRUN and nothing_saved(run_dir):
-                remove_run_folder(run_dir)  # a run that failed before saving anything: nothing to trip over
+            single = HydraConfig.get().mode != RunMode.MULTIRUN
+            if single and claim is not None and claim.nothing_saved():
+                claim.remove_what_it_made()  # a run that failed before saving anything: nothing to trip over
             raise
-
-
-# What a run folder holds before its first checkpoint: Hydra's config, the lock, the log, the logger's folder.
-UNSAVED_RUN = {".hydra", ".lock", "train.log", "tensorboard"}
-
-
-def remove_run_folder(run_dir: Path) -> None:
-    """Remove a run folder, and the folders above it that it leaves empty (logs/NAME/runs), up to the working
-    folder."""
-    shutil.rmtree(run_dir)
-    here = Path.cwd()
-    for parent in run_dir.resolve().parents:
-        if parent == here or not parent.is_relative_to(here):
-            break
-        try:
-            parent.rmdir()
-        except OSError:  # not empty: other runs live there
-            break
-
-
-def nothing_saved(run_dir: Path) -> bool:
-    """Whether a run folder holds nothing but what every run writes at its start: no checkpoint, no metrics."""
-    return {p.name for p in run_dir.iterdir()} <= UNSAVED_RUN and not any(run_dir.rglob("*.ckpt"))
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
@@ -172,17 +156,15 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))
     share_cores(trainer.strategy.root_device.type)
 
-    # A resumed run times only the epochs it runs itself.
-    # A resumed run times only the epochs it runs itself (multirun jobs and DDP ranks read the file only here).
-    epochs_before = read_checkpoint(resume_from, "ckpt_path")["epoch"] + 1 if resume_from else 0
     print_start(cfg, module, trainer, run_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    fit_seconds = time.perf_counter() - start
     if pruning is not None and pruning.pruned_at is not None:
         record_pruned(run_dir, pruning)
     names = cfg.task.metrics
     best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
+    if best_value is None and trainer.checkpoint_callback is not None:  # a resumed fit with no epoch left to run
+        best_value = trainer.checkpoint_callback.best_model_score
     best = load_tested_weights(trainer, module, run_dir)
     trainer.test(module, datamodule=datamodule, verbose=cfg.get("verbose", False))  # print_summary says it
 
@@ -192,7 +174,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
         names.best: None if best_value is None else float(best_value),
         "epochs": epochs,
         "seconds": round(time.perf_counter() - start, 3),
-        "seconds_per_epoch": round(fit_seconds / max(epochs - epochs_before, 1), 3),
+        "seconds_per_epoch": seconds_per_epoch(trainer),
         "best_checkpoint": best,
     }
     overridden = [line.lstrip("+~").split("=", 1)[0] for line in HydraConfig.get().overrides.task]
@@ -224,8 +206,9 @@ def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
     figures = "  ".join(f"{name} {metrics[name]:.4f}" for name in names if metrics[name] is not None)
     validated = metrics[names[-1]] is not None
     epochs = plural(metrics["epochs"], "epoch")
-    log.info(f"{figures}  ({'' if validated else 'no validation split, '}{epochs}, "
-          f"{metrics['seconds_per_epoch']:.1f} s per epoch{' with validation' if validated else ''})")
+    seconds = metrics["seconds_per_epoch"]
+    timed = "" if seconds is None else f", {seconds:.1f} s per epoch{' with validation' if validated else ''}"
+    log.info(f"{figures}  ({'' if validated else 'no validation split, '}{epochs}{timed})")
     log.info(f"run folder    {run_dir}")
     log.info(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
     log.info(f"tensorboard   tensorboard --logdir {logdir}")
@@ -245,11 +228,17 @@ def hydra_main(cfg: DictConfig) -> float:
             raise  # not a failure: the Optuna sweeper records the trial as pruned
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return record_failure(message, cfg.task.metrics.mode)
-        if isinstance(err, (MnistlabError, InstantiationException, MisconfigurationException)):
-            # Bad input (a bad value, trainer=gpu without a GPU, missing data): one line, no traceback.
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-        raise
+        if isinstance(err, OSError) and err.errno in UNWRITABLE:  # a read-only folder, a full disk, a long name
+            message = f"cannot write {err.filename or 'the run folder'}: {err.strerror}"
+        elif not isinstance(err, (MnistlabError, InstantiationException, MisconfigurationException)):
+            raise
+        # Bad input (a bad value, trainer=gpu without a GPU, missing data, a folder it cannot write): one line.
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+# OSErrors that name a place the user can fix: permissions, a read-only or full file system, a name too long.
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG)
 
 
 def record_failure(message: str, mode: str) -> float:
@@ -282,13 +271,16 @@ def precheck(args: list[str]) -> list[str]:
     if cfg.get("ckpt_path") == "last" and not any(a.startswith("hydra.run.dir=") for a in args):
         folder = unfinished_run(folder.parent)
         print(f"resuming {folder}")
-        args = [*args, f"hydra.run.dir={folder}"]
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), folder)  # a missing file: one line, no run folder made
-    if resume_from:
-        read_checkpoint(resume_from, "ckpt_path")  # unsafe, foreign or newer: one line, before anything is written
+    if resume_from:  # unsafe, foreign, newer or another model's: one line, before anything is written
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        register_config_networks(model)
+        check_resumable(read_checkpoint(resume_from, "ckpt_path"), build_network(model), f"ckpt_path={resume_from}")
     if first_process():
         check_not_finished(folder)
         check_not_in_use(folder)
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args = [*args, f"hydra.run.dir={folder}"]  # the folder `main` holds is the one Hydra writes
     return args
 
 
@@ -309,12 +301,18 @@ def main() -> None:
         if problem:
             raise ConfigError(problem)
         args = shell_spelling(spell_trainer_overrides(args))
-        if single_run(args):
-            args = precheck(args)
-        else:
-            check_sweep_folder(args)
-        sys.argv[1:] = args
+        with contextlib.ExitStack() as held:
+            if single_run(args):
+                args = precheck(args)
+                if first_process():  # one writer from the first byte: held before Hydra writes .hydra/
+                    folder = Path(next(a for a in reversed(args) if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+                    held.enter_context(hold(folder))
+                    check_not_finished(folder)  # a run that finished while this one started
+            elif (folder := explicit_sweep_folder(args)) is not None and not is_search(args):
+                held.enter_context(hold_sweep(folder))
+                check_sweep_folder(folder)
+            sys.argv[1:] = args
+            hydra_main()
     except MnistlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from typeguard import TypeCheckError, check_type
 
 from mnistlab.checkpoints import existing_checkpoint, read_checkpoint, teacher_checkpoints
@@ -47,6 +48,8 @@ def one_of(*choices):
 # key: (check, what is allowed). Keys that a config does not have are skipped.
 RULES = {
     "seed": (integer(), "an integer"),
+    "name": (lambda value: isinstance(value, str) and 0 < len(value) <= 100 and "/" not in value,
+             "1 to 100 characters without / (it names the run's folder)"),
     "compile": (lambda value: isinstance(value, bool) or value in COMPILE_MODES,
                 "true, false or one of " + ", ".join(COMPILE_MODES)),
     "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
@@ -226,8 +229,11 @@ def describe(hint) -> str:
 
 def check_config(cfg: DictConfig) -> None:
     """Everything `train` will read, before it builds or writes anything."""
-    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                for key in cfg if key != "hydra"}
+    try:
+        settings = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else
+                    cfg[key] for key in cfg if key != "hydra"}
+    except OmegaConfBaseException as err:  # ${oc.env:UNSET}, a missing key: the value that cannot be resolved
+        raise ConfigError(one_line(err)) from None
     check_values(settings)
     for section in ("data", "model", "optimizer", "trainer"):
         if isinstance(settings.get(section), dict) and "_target_" in settings[section]:
