@@ -15,6 +15,7 @@ reported.
 """
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def evaluate_command(cfg: DictConfig, args: list[str]) -> None:
     chosen = DATASET_KEYS if any(arg.split("=")[0] == "data" for arg in args) else ()
     keys = [*chosen, *sorted(given_keys(args, "data") - set(chosen))]
     data_overrides = {f"data.{key}": cfg.data[key] for key in keys}
+    if cfg.json:  # checked before the evaluation, not after it has printed its results
+        folder = Path(cfg.json).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(cfg.json).is_dir():
+            raise ConfigError(f"json={cfg.json}: cannot write there ({folder} is not a writable folder"
+                              f"{'' if not Path(cfg.json).is_dir() else ', and that name is a folder'})")
     metrics = evaluate(OmegaConf.to_object(cfg.ckpt_path) if OmegaConf.is_list(cfg.ckpt_path) else cfg.ckpt_path,
                        data_overrides, cfg.accelerator, cfg.precision or "")
     print(report(metrics))

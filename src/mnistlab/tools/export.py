@@ -89,13 +89,18 @@ def export(checkpoint: str, formats: list[str], out: str = "") -> list[dict]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(f"formats={formats}: choose from {', '.join(FORMATS)}")
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"out={out}: that is a file; give the folder to write the exported files into")
     net = load_network(checkpoint, "ckpt_path")
     data = load_datamodule(checkpoint, {})
     model = PixelClassifier(net, data.mean, data.std).eval()
     shape = net.input_shape
     example, check = torch.rand(2, *shape), torch.rand(7, *shape, generator=torch.Generator().manual_seed(0))
     folder = Path(out) if out else Path(checkpoint).parent
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"out={folder}: cannot make that folder ({err.strerror or err})") from None
     with torch.no_grad():
         expected = model(check)
     results = []

@@ -19,6 +19,7 @@ scaled back to the image's size: `NAME.mask.png` (background black, each class i
 `output` (default: beside the image), and per image the classes found with their share of the labelled pixels.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,20 @@ INK_SHARE = {"mnist": 20 / 28, "fashion_mnist": 1.0, "kmnist": 1.0}
 
 
 def read_grayscale(path: str) -> torch.Tensor:
-    """An image file as a float [H, W] tensor in [0, 1]; undecodable files are a one-line ConfigError."""
+    """An image file as a float [H, W] tensor in [0, 1]. A missing or non-regular file (a pipe would block), an
+    undecodable one, and one of more pixels than PIL's decompression-bomb limit are a one-line ConfigError."""
+    if not Path(path).exists():
+        raise ConfigError(f"images: {path}: no such file")
+    if not Path(path).is_file():
+        raise ConfigError(f"images: {path}: not a regular file (a folder, a pipe or a device)")
     try:
-        with Image.open(path) as image:
-            return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
-    except FileNotFoundError:
-        raise ConfigError(f"images: {path}: no such file") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # as large as a bomb: refused too
+            with Image.open(path) as image:
+                return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ConfigError(f"images: {path}: more than {Image.MAX_IMAGE_PIXELS:,} pixels, PIL's limit for an image "
+                          "it decodes; scale it down first") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ConfigError(f"images: {path}: cannot decode it as an image ({type(err).__name__})") from None
 
