@@ -7,8 +7,8 @@ DDP and step counting stay in charge while its loop runs once per K steps.
 
 The numbers do not depend on K: each batch of a group is made (augmented) only when the task reaches it, so the
 random draws come in the same order; the callbacks whose meaning is per optimizer step (weight averages, the
-learning-rate monitor, the nan and not-learning stops) get their per-batch hooks for every step, and the logged
-curves count optimizer steps.
+learning-rate monitor) get their per-batch hooks for every step, those that watch the loss (the nan and
+not-learning stops) read the group's losses at once, and the logged curves count optimizer steps.
 """
 
 import math
@@ -20,18 +20,21 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, We
 
 from mnistlab.errors import ConfigError
 
-# The framework's cost per Lightning step (its loop, the default callbacks and logger) and per optimizer step, in
-# ms, measured with `mnistlab-bench --batch-sizes` (docs/performance.md); `auto` keeps their share under 5%.
-TARGET_SHARE = 0.05
-CPU_MS_PER_IMAGE = 0.09  # a bf16 training step of the seed network on 2 cores of the machines here, per image
+# Lightning's cost per step of its own (its loop, the hooks of the default callbacks and logger), measured as
+# mnistlab's overhead per optimizer step at one optimizer step per Lightning step (`mnistlab-bench --batch-sizes`,
+# docs/performance.md), and a training step's compute. `auto` makes Lightning's share of a group at most
+# TARGET_SHARE, leaving room under 5% for what no K removes (the optimizer's and backward's hooks, each step).
+LIGHTNING_STEP_MS = 1.5
+CPU_MS_PER_IMAGE = 0.08  # a bf16 step of the seed network on 2 cores of the machines here, per image
 GPU_STEP_MS = 0.5        # a step of the seed network on one H100 at batches of 64-512, nearly flat
-LIGHTNING_STEP_MS = 1.6
+TARGET_SHARE = 0.02
+MAX_STEPS_PER_EXECUTION = 64
 
 
 def auto_steps_per_execution(batch_size: int, device: torch.device) -> int:
-    """The K at which Lightning's per-step cost is under TARGET_SHARE of the K steps it runs."""
+    """The smallest K at which Lightning's per-step cost is at most TARGET_SHARE of the K steps it runs."""
     step_ms = GPU_STEP_MS if device.type == "cuda" else CPU_MS_PER_IMAGE * batch_size
-    return max(1, math.ceil(LIGHTNING_STEP_MS / (TARGET_SHARE * step_ms)))
+    return min(MAX_STEPS_PER_EXECUTION, max(1, math.ceil(LIGHTNING_STEP_MS / (TARGET_SHARE * step_ms))))
 
 
 def group_blind_settings(trainer: pl.Trainer) -> list[str]:
@@ -111,6 +114,13 @@ def optimizer_steps_per_epoch(trainer: pl.Trainer) -> int:
     if per_group is None:
         return trainer.num_training_batches // trainer.accumulate_grad_batches
     return min(loader.num_batches(), trainer.num_training_batches * per_group)
+
+
+def step_losses(outputs: dict, trainer: pl.Trainer) -> tuple[torch.Tensor, int]:
+    """(the losses of the optimizer steps a training step just ran, the index of the first of them): the task's
+    `loss` output holds one per step of its group, and callbacks that watch the loss read them at once."""
+    losses = outputs["loss"].reshape(-1)
+    return losses, trainer.global_step - len(losses)
 
 
 def is_per_step(callback: pl.Callback) -> bool:

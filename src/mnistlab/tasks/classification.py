@@ -136,11 +136,12 @@ class Classifier(pl.LightningModule):
         (data.steps_per_execution, see mnistlab.execution), each with the step's schedule, clipping and per-step
         callbacks as Lightning's automatic optimization would run them."""
         group = batches if isinstance(batches, StepGroup) else [batches]
-        optimizer, hooks, last = self.optimizers(), self.step_hooks, len(group) - 1
+        optimizer, hooks, last, losses = self.optimizers(), self.step_hooks, len(group) - 1, []
         for i, (x, y) in enumerate(group):
             if i:
                 hooks.start(batches, batch_idx)
             loss = self.optimizer_step_on(optimizer, x, y)
+            losses.append(loss)
             # Each `self.log` call costs Lightning about half a millisecond, so the step loss is logged only where
             # the logger writes (every trainer.log_every_n_steps) and at each epoch's first step (progress bar).
             every = self.trainer.log_every_n_steps
@@ -150,7 +151,7 @@ class Classifier(pl.LightningModule):
                 break
             hooks.end({"loss": loss}, batches, batch_idx)
         hooks.after_group()
-        return {"loss": loss}
+        return {"loss": torch.stack(losses)}  # one per optimizer step (mnistlab.execution.step_losses)
 
     def optimizer_step_on(self, optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One step: loss, backward, optimizer (clipping in on_before_optimizer_step), the per-step schedules."""

@@ -43,7 +43,7 @@ from mnistlab.canvas import CanvasDataModule, compose
 from mnistlab.config import compose_run_config
 from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.errors import ConfigError, DataError, MnistlabError
-from mnistlab.execution import StepGroup
+from mnistlab.execution import StepGroup, auto_steps_per_execution
 from mnistlab.idx import read_idx, write_idx
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.synthetic import write_synthetic_dataset
@@ -54,7 +54,7 @@ MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
 TUTORIAL_SGD = {"lr": 0.01, "momentum": 0.5}
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
-            "c": "classic tutorial loop"}
+            "c": "classic tutorial loop", "a2k1": "a2 at one optimizer step per Lightning step"}
 RATIOS = {"a/c": "mnistlab as users run it over the classic tutorial loop",
           "a2/b": "mnistlab at b's settings over the plain-loop floor"}
 PROFILE_STEPS = 50
@@ -354,7 +354,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"],
                         help="precision of b and a2; bf16-mixed also means channels_last (default: bf16-mixed "
                         "where the device has bf16 instructions, else 32-true)")
-    parser.add_argument("--variants", default="a,a2,b,c", help="comma-separated subset of a,a2,b,c")
+    parser.add_argument("--variants", default="a,a2,b,c", help="comma-separated subset of a,a2,a2k1,b,c")
     parser.add_argument("--batch-sizes", help="comma-separated batch sizes, e.g. 64,128,256,512: a2 against b at "
                         "each, with the overhead per training step in ms (instead of --variants and --batch-size)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -408,9 +408,10 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     trained = datamodule.canvases["train"] if isinstance(datamodule, CanvasDataModule) else n_train - val_size
     settings = {"a": {"batch": base.data.batch_size, "precision": base.trainer.precision},
                 "a2": {"batch": args.batch_size, "precision": precision},
+                "a2k1": {"batch": args.batch_size, "precision": precision},
                 "b": {"batch": args.batch_size, "precision": precision},
                 "c": {"batch": TUTORIAL_BATCH, "precision": "32-true"}}
-    for name in ("a2", "b"):
+    for name in ("a2", "a2k1", "b"):
         settings[name]["channels_last"] = bf16
 
     source = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
@@ -422,25 +423,27 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
 
     def measure(name: str, repeat: int, batch: int = args.batch_size) -> tuple[float, int]:
-        if name in ("a", "a2"):
+        if name in ("a", "a2", "a2k1"):
             run_dir = folder / "runs" / f"{name}-{batch}-{repeat}"
-            extra = (fast(batch) if name == "a2" else []) + args.overrides
-            return run_lightning(compose_config(folder, args.val_size, device, run_dir, extra))
+            extra = (fast(batch) if name != "a" else []) + args.overrides
+            one_step = ["data.steps_per_execution=1"] if name == "a2k1" else []  # Lightning's step per batch
+            return run_lightning(compose_config(folder, args.val_size, device, run_dir, extra + one_step))
         if name == "b":
             return run_plain(base, datamodule, device, batch, bf16)
         return run_tutorial(base, folder, n_train - val_size, val_size, device)
 
     if args.batch_sizes is not None:
         sizes = [int(size) for size in args.batch_sizes.split(",")]
-        sweep = {batch: {"a2": [], "b": []} for batch in sizes}
+        sweep = {batch: {"a2": [], "a2k1": [], "b": []} for batch in sizes}
         for repeat in range(args.repeats):
             for batch in sizes:
-                for name in ("a2", "b"):
+                for name in ("a2", "a2k1", "b"):
                     epoch_seconds, _ = measure(name, repeat, batch)
                     sweep[batch][name].append(epoch_seconds)
                     print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {epoch_seconds:7.2f} s",
                           flush=True)
-        report_sweep = [overhead_row(batch, times, trained // batch) for batch, times in sweep.items()]
+        report_sweep = [overhead_row(batch, times, trained // batch) | {"steps_per_execution": groups(base, batch)}
+                        for batch, times in sweep.items()]
         return header | {"batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
@@ -461,12 +464,24 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     return report
 
 
+def groups(cfg: DictConfig, batch: int) -> int:
+    """The optimizer steps per Lightning step that a2 runs at `batch` (data.steps_per_execution)."""
+    setting = cfg.data.steps_per_execution
+    return auto_steps_per_execution(batch, torch.device(cfg.trainer.accelerator)) if setting == "auto" else setting
+
+
 def overhead_row(batch: int, times: dict[str, list[float]], steps: int) -> dict:
     """a2 against b at one batch size: median epoch seconds, their ratio (b's time over a2's, as a speed ratio),
-    and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds."""
+    and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds; the same for a2 at one optimizer
+    step per Lightning step (a2k1), where measured."""
     a2, b = statistics.median(times["a2"]), statistics.median(times["b"])
-    return {"batch": batch, "steps": steps, "a2_seconds": a2, "b_seconds": b, "a2/b": b / a2,
-            "overhead_ms_per_step": 1000 * (a2 - b) / steps, "a2_all": times["a2"], "b_all": times["b"]}
+    row = {"batch": batch, "steps": steps, "a2_seconds": a2, "b_seconds": b, "a2/b": b / a2,
+           "overhead_ms_per_step": 1000 * (a2 - b) / steps, "a2_all": times["a2"], "b_all": times["b"]}
+    if times.get("a2k1"):
+        k1 = statistics.median(times["a2k1"])
+        row |= {"a2k1_seconds": k1, "a2k1/b": b / k1, "a2k1_overhead_ms_per_step": 1000 * (k1 - b) / steps,
+                "a2k1_all": times["a2k1"]}
+    return row
 
 
 def sweep_table(rows: list[dict]) -> str:
@@ -474,6 +489,16 @@ def sweep_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps']} | {row['a2_seconds']:.2f} | {row['b_seconds']:.2f} | "
                      f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} |")
+    return "\n".join(lines)
+
+
+def one_step_table(rows: list[dict]) -> str:
+    """a2's steps per Lightning step, and a2 at one (a2k1) against b."""
+    lines = ["| batch | a2's steps per Lightning step | a2k1 epoch s | a2k1/b | a2k1 overhead per step (ms) |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['batch']} | {row['steps_per_execution']} | {row['a2k1_seconds']:.2f} | "
+                     f"{row['a2k1/b']:.2f} | {row['a2k1_overhead_ms_per_step']:+.2f} |")
     return "\n".join(lines)
 
 
@@ -526,9 +551,11 @@ def print_report(report: dict) -> None:
         print(f"a2 ({VARIANTS['a2']}) against b ({VARIANTS['b']}), {method['precision']}, median epoch seconds;"
               " a2/b = b's epoch time over a2's (1.0: no overhead)\n")
         print(sweep_table(report["batch_sweep"]))
+        print("\nthe same a2 at one optimizer step per Lightning step (a2k1: data.steps_per_execution=1):\n")
+        print(one_step_table(report["batch_sweep"]))
         timed = {f"{name} at batch {row['batch']}": {"epoch_seconds": row[f"{name}_all"],
                                                       "epoch_seconds_median": row[f"{name}_seconds"]}
-                 for row in report["batch_sweep"] for name in ("a2", "b")}
+                 for row in report["batch_sweep"] for name in ("a2", "a2k1", "b")}
         for line in caveats({"results": timed, "ratios": {"a2/b": None}, "method": method}):
             print(f"note: {line}")
         return
