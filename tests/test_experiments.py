@@ -63,7 +63,8 @@ def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
     (["tricks.label_smoothing=1.0"], "error: tricks.label_smoothing=1.0 must be in [0, 1)"),
     (["tricks.mixup_alpha=-0.2"], "error: tricks.mixup_alpha=-0.2 must be >= 0 (0 turns mixup off)"),
     (["+experiment=warmup", "scheduler.warmup_epochs=3"],
-     "error: scheduler.warmup_epochs=3 must be below trainer.max_epochs=2: warmup must end before training does"),
+     "error: scheduler.warmup_epochs=3 must be below trainer.max_epochs=2: warmup must end before training does; "
+     "add scheduler.warmup_epochs=1, or train longer (trainer.max_epochs=4 or more)"),
     (["+experiment=distill"],
      "error: tricks.distill_teacher=<path to a checkpoint of an earlier run>: no such checkpoint file"),
     (["+experiment=distill", "tricks.distill_teacher=[]"],

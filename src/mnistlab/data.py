@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import math
 from collections.abc import Callable
 from functools import partial
@@ -16,7 +17,9 @@ from torchvision import datasets
 
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.execution import grouped, resolve_steps_per_execution
-from mnistlab.idx import read_idx
+from mnistlab.idx import read_idx, write_idx
+
+log = logging.getLogger(__name__)
 
 TORCHVISION_DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
 SPLIT_FILES = {
@@ -24,6 +27,28 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 ALL_FILES = [name for pair in SPLIT_FILES.values() for name in pair]
+
+
+# The default run's data folder, and the digits bundled for a machine that cannot download MNIST (bundled/README.md).
+DEFAULT_ROOT = "data"
+BUNDLED = Path(__file__).parent / "bundled"
+BUNDLED_FOLDER = "MNIST-bundled"
+BUNDLED_IMAGES, BUNDLED_TRAIN, BUNDLED_VAL = 10_000, 8_000, 1_000
+
+
+def write_bundled_mnist(folder: Path) -> Path:
+    """The bundled official MNIST test digits, re-split after a seeded shuffle into `folder`: the first
+    BUNDLED_TRAIN train, the rest test (as scripts/resplit_idx.py does). Written once; kept for later runs."""
+    if find_idx_files(folder, "mnist") is None:
+        images = read_idx(BUNDLED / "t10k-images-idx3-ubyte.gz")
+        labels = read_idx(BUNDLED / "t10k-labels-idx1-ubyte.gz")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        partial = folder.with_name(f".{folder.name}.partial")  # renamed into place whole: a kill leaves no half
+        for prefix, part in (("train", order[:BUNDLED_TRAIN]), ("t10k", order[BUNDLED_TRAIN:])):
+            write_idx(partial / f"{prefix}-images-idx3-ubyte.gz", images[part])
+            write_idx(partial / f"{prefix}-labels-idx1-ubyte.gz", labels[part])
+        partial.replace(folder)
+    return folder
 
 
 def candidate_folders(root: Path, name: str) -> list[Path]:
@@ -84,6 +109,34 @@ def load_split(files: dict[str, Path], split: str, image_size: int, num_classes:
     if len(labels) and int(labels.max()) >= num_classes:
         raise DataError(f"{labels_path} holds label {int(labels.max())}, but data.num_classes={num_classes}")
     return images.unsqueeze(1), labels.long()
+
+
+def dataset_statistics() -> dict[str, tuple[float, float]]:
+    """Each dataset's pixel (mean, std), as its config (configs/data/NAME.yaml) states them."""
+    from omegaconf import OmegaConf
+
+    from mnistlab.config import CONFIG_DIR
+
+    found = {}
+    for path in sorted((CONFIG_DIR / "data").glob("*.yaml")):
+        settings = OmegaConf.load(path)
+        if {"name", "mean", "std"} <= set(settings):
+            found[settings.name] = (float(settings.mean), float(settings.std))
+    return found
+
+
+def likely_dataset(images: torch.Tensor, name: str, mean: float, std: float) -> str | None:
+    """The dataset that `images` (uint8) look like when it is clearly not `name` (whose statistics are `mean` and
+    `std`): its pixels' mean and std far from those, and much nearer another dataset's. None when they fit."""
+    sample = images[:5000].float().div(255)
+    seen = torch.stack((sample.mean(), sample.std())).tolist()
+    distance = lambda stats: math.dist(seen, stats)  # noqa: E731
+    configured = distance((mean, std))
+    others = {other: distance(stats) for other, stats in dataset_statistics().items() if other != name}
+    nearest = min(others, key=others.get, default=None)
+    if nearest is None or configured <= 0.1 or others[nearest] >= configured / 2:
+        return None
+    return nearest
 
 
 class RandomAffine(nn.Module):
@@ -204,7 +257,7 @@ class MNISTDataModule(pl.LightningDataModule):
     validation (the same slice whatever the seed; 0: none, every image trains), the first `train_size` of the
     rest (None: all of them) as training, everything moved once to the device."""
 
-    def __init__(self, name: str = "mnist", root: str = "data", download: bool = True, val_size: int = 5000,
+    def __init__(self, name: str = "mnist", root: str = DEFAULT_ROOT, download: bool = True, val_size: int = 5000,
                  train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
                  num_classes: int = 10, augment: dict | str | None = None, recipe_augment: dict | None = None,
@@ -239,12 +292,29 @@ class MNISTDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if find_idx_files(self.root, self.name, self.needed_files(None)) is None and self.allow_download:
             self.download_error = download(self.root, self.name)
+        if find_idx_files(self.root, self.name, self.needed_files(None)) is None and self.serves_bundled():
+            write_bundled_mnist(self.root / BUNDLED_FOLDER)
+
+    def serves_bundled(self) -> bool:
+        """The default run's data (MNIST in the default folder) falls back to the bundled digits when that folder
+        holds no MNIST and none could be downloaded; a data.root the user gave stays an error."""
+        return self.name == "mnist" and self.root == Path(DEFAULT_ROOT)
 
     def setup(self, stage: str | None = None) -> None:
         stems = self.needed_files(stage)
         if "train" in self.splits or (stage == "test" and "test" in self.splits):
             return
         files = find_idx_files(self.root, self.name, stems)
+        if files is None and self.serves_bundled() and find_idx_files(self.root / BUNDLED_FOLDER, self.name):
+            why = (f"the download failed ({self.download_error})" if self.download_error else
+                   "downloading is off" if not self.allow_download else "none was downloaded")
+            self.root, self.val_size = self.root / BUNDLED_FOLDER, min(self.val_size, BUNDLED_VAL)
+            log.warning(f"no MNIST in {DEFAULT_ROOT} and {why}: using the {BUNDLED_IMAGES:,} digits bundled with "
+                        f"mnistlab (MNIST's official test set) re-split into {BUNDLED_TRAIN:,} training digits (the "
+                        f"last {self.val_size:,} of them validate) and {BUNDLED_IMAGES - BUNDLED_TRAIN:,} test "
+                        f"digits, in {self.root}; for the full MNIST, run once online or copy its four files into "
+                        f"{DEFAULT_ROOT}/")
+            files = find_idx_files(self.root, self.name, stems)
         if files is None:
             raise DataError(self._missing_files_message(stems))
         splits = {"test": load_split(files, "test", self.image_size, self.num_classes)}
@@ -259,6 +329,10 @@ class MNISTDataModule(pl.LightningDataModule):
                                   f"training images remain after the validation slice (data.val_size="
                                   f"{self.val_size}) of {files[SPLIT_FILES['train'][0]]}")
             train = cut if self.train_size is None else self.train_size
+            likely = likely_dataset(images, self.name, self.mean, self.std)
+            if likely is not None:  # Fashion-MNIST's files under data=mnist, say: it would train, on the wrong stats
+                log.warning(f"{files[SPLIT_FILES['train'][0]]} looks like {likely}, not {self.name}: its pixels' "
+                            f"statistics are {likely}'s; add data={likely} if that is what it holds")
             splits["train"] = images[:train], labels[:train]
             if self.val_size:
                 splits["val"] = images[cut:], labels[cut:]

@@ -28,7 +28,7 @@ def open_trial(number: int):
     """The study's trial `number`, as the job's own handle on it (the sweeper process asked for it)."""
     import optuna  # the sweep extra: only searches need it
 
-    from hydra_plugins.mnistlab_optuna_sweeper.sweeper import make_pruner, open_storage, study_url
+    from hydra_plugins.mnistlab_optuna_sweeper._optuna import make_pruner, open_storage, study_url
 
     sweeper = HydraConfig.get().sweeper
     url = study_url(sweeper.storage, Path(HydraConfig.get().sweep.dir))

@@ -58,9 +58,6 @@ from mnistlab.validation import check_config
 log = logging.getLogger(__name__)
 # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-# Lightning compares its own steps with log_every_n_steps; with data.steps_per_execution each is a group of optimizer
-# steps, and the logger counts those.
-warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
 
 
 def device_for_job(job_num: int | None, gpus: int) -> int | list[int]:
@@ -176,6 +173,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "seconds_per_epoch": seconds_per_epoch(trainer),
         "best_checkpoint": best,
+        "data": f"{datamodule.name} from {datamodule.root}",  # what it trained on: the bundled digits, say
     }
     overridden = [line.lstrip("+~").split("=", 1)[0] for line in HydraConfig.get().overrides.task]
     log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]}, overridden)
@@ -209,6 +207,7 @@ def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
     seconds = metrics["seconds_per_epoch"]
     timed = "" if seconds is None else f", {seconds:.1f} s per epoch{' with validation' if validated else ''}"
     log.info(f"{figures}  ({'' if validated else 'no validation split, '}{epochs}{timed})")
+    log.info(f"data          {metrics['data']}")
     log.info(f"run folder    {run_dir}")
     log.info(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
     log.info(f"tensorboard   tensorboard --logdir {logdir}")

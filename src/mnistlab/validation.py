@@ -270,8 +270,10 @@ def check_config(cfg: DictConfig) -> None:
                 raise ConfigError(one_line(err)) from None
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")
     if isinstance(epochs, int) and epochs > 0 and warmup >= epochs:
+        shorter = f"scheduler.warmup_epochs={epochs / 2:g}" if epochs > 1 else "scheduler.warmup_epochs=0"
         raise ConfigError(f"scheduler.warmup_epochs={warmup} must be below trainer.max_epochs={epochs}: warmup "
-                          "must end before training does")
+                          f"must end before training does; add {shorter}, or train longer "
+                          f"(trainer.max_epochs={int(warmup) + 1} or more)")
 
 
 def optuna_search() -> bool:
