@@ -34,7 +34,7 @@ def test_a_plugin_choice_without_its_plugin_names_the_install_command(monkeypatc
 def test_an_unknown_launcher_lists_the_installed_ones():
     assert config.unknown_choice(["hydra/launcher=joblibx"]) == (
         "unknown hydra/launcher 'joblibx' (override hydra/launcher=joblibx); "
-        "choose one of: basic, joblib, submitit_local, submitit_slurm")
+        "choose one of: basic, joblib, mnistlab, submitit_local, submitit_slurm")
 
 
 @pytest.mark.parametrize(("arg", "why"), [("model.widths=[1,2", "no viable alternative at input '[1,2'"),

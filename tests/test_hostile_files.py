@@ -12,7 +12,7 @@ import torch
 
 from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY, load_datamodule, load_network, read_checkpoint
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.idx import read_idx
+from mnistlab.idx import read_idx, write_idx
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.predict import read_grayscale
 
@@ -150,3 +150,45 @@ def test_a_checkpoint_with_any_entry_missing_or_mistyped_is_one_line_or_loads(tm
             except Exception as err:
                 pytest.fail(f"{name}: {loader_name} raised {type(err).__name__}: {err}")
     assert refused > len(bad_checkpoints())  # most cases are refused by every loader
+
+
+def test_a_checkpoint_claiming_far_more_than_its_size_is_refused_unread(tmp_path):
+    import zipfile
+
+    path = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data/0", bytes(64 * 2**20))  # 64 MiB of zeros in a few hundred kB
+    with pytest.raises(ConfigError, match=r"its archive claims 64.0 MiB unpacked from 0.\d MiB; .*not read"):
+        read_checkpoint(path, "ckpt_path")
+
+
+def test_tool_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path):
+    from mnistlab.tools.evaluate import main as evaluate_main
+    from mnistlab.tools.export import main as export_main
+
+    from .conftest import run_in_process
+
+    checkpoint = tmp_path / "model.ckpt"
+    torch.save(valid_checkpoint(), checkpoint)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    exported = run_in_process(export_main, f"ckpt_path={checkpoint}", f"out={a_file}")
+    assert exported.returncode == 2 and exported.stderr == f"error: out={a_file}: that is a file; give the folder to " \
+                                                           "write the exported files into\n"
+    missing = tmp_path / "no" / "such" / "m.json"
+    evaluated = run_in_process(evaluate_main, f"ckpt_path={checkpoint}", f"json={missing}")
+    assert evaluated.returncode == 2 and evaluated.stdout == ""  # refused before any result was printed
+    assert evaluated.stderr.startswith(f"error: json={missing}: cannot write there")
+    assert evaluated.stderr.count("\n") == 1
+    assert a_file.read_text() == "mine\n"
+
+
+def test_an_empty_split_is_one_line_before_training(tmp_path):
+    from mnistlab.data import MNISTDataModule
+
+    root = tmp_path / "data"
+    for prefix, count in (("train", 50), ("t10k", 0)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", np.zeros((count, 28, 28), dtype=np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.zeros(count, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds no images: the test split needs at least one"):
+        MNISTDataModule(root=str(root), val_size=10, download=False).setup()

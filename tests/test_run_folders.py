@@ -187,3 +187,25 @@ def test_a_config_that_cannot_be_resolved_or_named_is_one_line(args, says, tmp_p
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and says in err, err
     assert not any(tmp_path.iterdir())
+
+
+class InterruptTheSecondEpoch(pl.Callback):
+    """Ctrl-C as epoch 1 starts: epoch 0's checkpoints are saved, the run is unfinished."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_run_folder_moved_with_its_checkpoints_resumes_and_tests_its_best(synthetic_root, tmp_path):
+    args = [f"data.root={synthetic_root}", *FAST, "callbacks=minimal"]
+    with pytest.raises(SystemExit):
+        train_in_process(tmp_path / "there", *args,
+                         "+callbacks.cut._target_=tests.test_run_folders.InterruptTheSecondEpoch")
+    moved = tmp_path / "here"
+    (tmp_path / "there").rename(moved)
+    resumed = train_in_process(moved, *args, "ckpt_path=last")
+    assert resumed["epochs"] == 2 and Path(resumed["best_checkpoint"]).is_file()
+    assert Path(resumed["best_checkpoint"]).parent == moved / "checkpoints"
+    assert resumed["val/acc_best"] is not None

@@ -68,6 +68,22 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
 
 
 @pytest.mark.slow
+def test_a_job_whose_config_does_not_compose_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
+    """`model=seed,resnet model.hidden=100`: the ResNet has no `hidden`, so job 1 cannot even be composed; Hydra's
+    own sweeper would compose every job first and stop them all."""
+    sweep = tmp_path / "sweep"
+    result = run_train("-m", "model=resnet,seed", "model.hidden=100", f"data.root={synthetic_root}",
+                       f"hydra.sweep.dir={sweep}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    failure = json.loads((sweep / "0" / "failure.json").read_text())
+    assert failure["error"].startswith("Could not override 'model.hidden'") and "model=resnet" in failure["overrides"]
+    assert "error: job 0 failed, the sweep goes on: Could not override 'model.hidden'" in result.stderr
+    assert (sweep / "1" / "metrics.json").is_file()  # the job after it ran
+    printed = report(sweep)
+    assert printed.returncode == 0 and "- job 0 (model=resnet): Could not override 'model.hidden'" in printed.stdout
+
+
+@pytest.mark.slow
 def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root):
     sweep = tmp_path / "optuna"
     searched = [o for o in QUICK if not o.startswith("data.batch_size=")]  # a fixed value would replace the search

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -76,6 +77,20 @@ class EpochCheckpoint(ModelCheckpoint):
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_if_missed(trainer)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run folder moved with its checkpoints resumes with its best checkpoint and score: the saved paths are
+        moved with it (Lightning would keep only the old best path, and test a file that is gone)."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and Path(old) != Path(new):
+            def moved(path: str) -> str:
+                return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{key: moved(state_dict[key]) for key in ("best_model_path", "kth_best_model_path",
+                                                                      "last_model_path") if key in state_dict},
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
+
     def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -122,6 +137,7 @@ def read_checkpoint(checkpoint: str | Path, what: str) -> dict:
     A missing, unreadable, unsafe or foreign file, or one from a newer mnistlab, is one ConfigError line naming
     the setting `what` that pointed at it."""
     path = existing_checkpoint(checkpoint, what)
+    check_stored_size(path, what)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -152,6 +168,24 @@ def read_checkpoint(checkpoint: str | Path, what: str) -> dict:
     # The model config only picks a registered network: checked here, before any caller builds anything.
     check_network_config(saved_model_config(saved, f"{what}={checkpoint}"), f"{what}={checkpoint}")
     return saved
+
+
+# torch.save stores tensors uncompressed: a checkpoint whose archive unpacks to far more than its size is not one.
+MAX_UNPACKED_RATIO = 4
+
+
+def check_stored_size(path: Path, what: str) -> None:
+    """One line for a checkpoint whose zip archive claims entries far larger than the file (a small file that
+    would unpack to gigabytes), before any of it is read into memory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive: torch.load's own checks say what it is
+    stored = path.stat().st_size
+    if unpacked > MAX_UNPACKED_RATIO * stored + 2**20:
+        raise ConfigError(f"{what}={path}: its archive claims {mib(unpacked)} unpacked from {mib(stored)}; a "
+                          "checkpoint stores its tensors uncompressed: not read")
 
 
 def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]:

@@ -159,7 +159,7 @@ class OptunaSearch:
             heartbeats.add(trial._trial_id for trial in trials)
             batch = [[*fixed, *(f"{key}={value}" for key, value in trial.params.items()),
                       f"hydra.sweeper.trial={trial.number}"] for trial in trials]
-            self.validate_batch_is_legal(batch)
+            # Not composed here first: mnistlab's launcher records a trial whose config does not compose as failed.
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results, strict=True):
                 self.tell(study, trial, result)
@@ -173,7 +173,9 @@ class OptunaSearch:
     def tell(study: optuna.Study, trial: optuna.Trial, result) -> None:
         """A job's end, as Optuna records it: its value; PRUNED when it stopped on the pruner's word; FAIL when it
         failed (failure.json in its folder, written by the job) or raised."""
-        folder = Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg else None
+        # A job whose config did not compose (mnistlab's launcher) has no config: its folder is its working dir.
+        folder = (Path(result.hydra_cfg.hydra.runtime.output_dir) if result.hydra_cfg else
+                  Path(result.working_dir) if result.working_dir else None)
         if result.status == JobStatus.FAILED:
             pruned = isinstance(result._return_value, optuna.TrialPruned)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL)
