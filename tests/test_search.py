@@ -2,6 +2,7 @@
 search that survives SIGKILL, two workers on one study, and the report's view of the study."""
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -159,3 +160,22 @@ def test_two_workers_share_one_study_with_distinct_trials(synthetic_root, tmp_pa
     assert 4 <= len(states) <= 5 and set(states.values()) == {STATES.COMPLETE}
     assert sorted(states) == list(range(len(states)))
     assert all(json.loads((folder / str(n) / "metrics.json").read_text())["epochs"] == 2 for n in states)
+
+
+WARNING_WITH_A_PATH = re.compile(r"\.py:\d+|Warning:")
+
+
+@pytest.mark.slow
+def test_a_search_and_its_report_print_no_warning_with_a_path_and_echo_what_the_user_typed(synthetic_root, tmp_path):
+    folder = tmp_path / "search"
+    ran = subprocess.run(search(synthetic_root, "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
+                                f"hydra.sweep.dir={folder}"), cwd=tmp_path, env=offline_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(folder)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    for output in (ran.stdout, ran.stderr, report.stdout, report.stderr):
+        assert not WARNING_WITH_A_PATH.search(output), WARNING_WITH_A_PATH.search(output).string[-1500:]
+    echoed = [line for line in ran.stdout.splitlines() + ran.stderr.splitlines() if re.search(r"#\d+ : ", line)]
+    assert len(echoed) == 2 and all(" trainer.max_epochs=1" in line and "++" not in line for line in echoed)

@@ -155,7 +155,9 @@ class OptunaSearch:
             remaining = self.n_trials - len(counted)
             if remaining <= 0:
                 break
-            trials = [study.ask(searched) for _ in range(min(self.n_jobs, remaining))]
+            with warnings.catch_warnings():  # the heartbeats are kept by Heartbeats, not by Study.optimize
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trials = [study.ask(searched) for _ in range(min(self.n_jobs, remaining))]
             heartbeats.add(trial._trial_id for trial in trials)
             batch = [[*fixed, *(f"{key}={value}" for key, value in trial.params.items()),
                       f"hydra.sweeper.trial={trial.number}"] for trial in trials]

@@ -1,6 +1,6 @@
 """One table for a sweep instead of forty folders: every job's metrics.json (or failure.json) and overrides,
 grouped by the overrides that differ between jobs (seed aside: seeds are what the mean and std run over),
-written as Markdown, CSV and a PNG bar chart of test accuracy; failed jobs are listed with their error.
+written as Markdown, CSV and a PNG chart of test accuracy (mean and spread); failed jobs are listed with their error.
 
     mnistlab-report logs/<name>/multiruns/<date>_<time> [--out DIR]
 """
@@ -11,6 +11,7 @@ import json
 import math
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,8 @@ def write_csv(path: Path, keys: list[str], table: list[dict], metrics: list[tupl
 
 
 def write_chart(path: Path, keys: list[str], table: list[dict], headline: tuple[str, str, float]) -> None:
-    """Bars of the mean headline metric with the std over seeds as error bars, one per group."""
+    """The mean headline metric of each group as a dot with the std over seeds as its error bar. Dots, not bars: the
+    axis is zoomed to where the groups differ, and a bar's length would then exaggerate the differences."""
     import matplotlib.pyplot as plt  # only the chart needs it
 
     metric, title, _ = headline
@@ -165,7 +167,8 @@ def write_chart(path: Path, keys: list[str], table: list[dict], headline: tuple[
     means = [row[metric][0] for row in shown]
     errors = [row[metric][1] or 0.0 for row in shown]
     figure, axes = plt.subplots(figsize=(6.0 + 0.065 * max(map(len, labels), default=0), 1.2 + 0.4 * len(shown)))
-    axes.barh(range(len(shown)), means, xerr=errors, capsize=3, color="steelblue")
+    axes.errorbar(means, range(len(shown)), xerr=errors, fmt="o", capsize=4, color="steelblue")
+    axes.grid(axis="x", alpha=0.3)
     axes.set_yticks(range(len(shown)), labels, fontsize=8)
     axes.invert_yaxis()  # first group on top, as in the table
     axes.set_xlabel(f"{title}, mean ± std over seeds")
@@ -203,11 +206,17 @@ def study_view(sweep_dir: Path) -> str:
         if len(complete) > 1 and best.params:
             plots["optuna_importances.png"] = optuna.visualization.matplotlib.plot_param_importances
         for name, plot in plots.items():
-            try:
-                plot(study).figure.savefig(sweep_dir / name, dpi=120, bbox_inches="tight")
-            except (ValueError, RuntimeError) as err:  # too few trials of a kind for this plot
-                lines.append(f"{name}: not drawn ({err})")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    plot(study).figure.savefig(sweep_dir / name, dpi=120, bbox_inches="tight")
+                except (ValueError, RuntimeError) as err:  # too few trials of a kind for this plot
+                    lines.append(f"{name}: not drawn ({err})")
             plt.close("all")
+            # Optuna calls its plots experimental (nothing to act on); anything else, as one line of the report.
+            experimental = optuna.exceptions.ExperimentalWarning
+            notes = {str(w.message) for w in caught if not issubclass(w.category, experimental)}
+            lines += [f"{name}: {note}" for note in sorted(notes)]
         lines.append("plots: " + ", ".join(name for name in plots if (sweep_dir / name).is_file()))
     return "\n".join(lines) + "\n"
 
