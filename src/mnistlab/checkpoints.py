@@ -78,10 +78,12 @@ class EpochCheckpoint(ModelCheckpoint):
             self._save_last_if_missed(trainer)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A run folder moved with its checkpoints resumes with its best checkpoint and score: the saved paths are
-        moved with it (Lightning would keep only the old best path, and test a file that is gone)."""
+        """A run folder moved with its checkpoints (the old folder is gone, the new one holds them) resumes with its
+        best checkpoint and score: the saved paths move with it. Lightning would keep only the old best path, and
+        test a file that is gone. A checkpoint resumed into another folder while its own still exists keeps
+        Lightning's behaviour."""
         old, new = state_dict.get("dirpath"), self.dirpath
-        if old and new and Path(old) != Path(new):
+        if old and new and Path(old) != Path(new) and not Path(old).exists() and Path(new).is_dir():
             def moved(path: str) -> str:
                 return str(Path(new) / Path(path).relative_to(old)) if path and Path(path).is_relative_to(old) else path
 
