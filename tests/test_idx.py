@@ -8,11 +8,12 @@ import pytest
 import torch
 from torchvision import datasets
 
+from mnistlab.data import BUNDLED
 from mnistlab.errors import DataError
 from mnistlab.idx import read_idx, write_idx
 from mnistlab.synthetic import write_synthetic_dataset
 
-OFFICIAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+OFFICIAL_MNIST = BUNDLED  # MNIST's official test files, as bundled with mnistlab (src/mnistlab/bundled/README.md)
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
@@ -34,7 +35,6 @@ def test_reader_agrees_with_torchvision_on_the_same_files(tmp_path):
         assert torch.equal(read_idx(raw / f"{prefix}-labels-idx1-ubyte").long(), reference.targets)
 
 
-@pytest.mark.skipif(not OFFICIAL_MNIST.is_dir(), reason=f"official MNIST test files not found in {OFFICIAL_MNIST}")
 def test_reads_the_official_mnist_test_files(tmp_path):
     sums = dict(line.split()[::-1] for line in (OFFICIAL_MNIST / "MD5SUMS").read_text().splitlines() if line)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
