@@ -302,17 +302,20 @@ def test_a_run_never_overwrites_a_finished_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_never_overwrites_an_earlier_one(tmp_path):
+def test_a_sweep_never_overwrites_another_one(tmp_path):
     sweep = tmp_path / "sweep"
     for job, finished in [("0", True), ("1", False)]:  # one finished job, one that failed or was cut short
         (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n- ++trainer.max_epochs=3\n")
         if finished:
             (sweep / job / "metrics.json").write_text('{"test/acc": 0.9}\n')
     before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
     result = run_train("-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 2
-    assert result.stderr == (f"error: {sweep} holds 2 jobs of an earlier sweep (1 finished): a sweep never "
-                             f"overwrites another; give another hydra.sweep.dir, or remove {sweep}\n")
+    assert result.stderr == (f"error: {sweep} holds the jobs of another sweep (0/ is a job of seed=0 "
+                             "trainer.max_epochs=3, which this command does not run): a sweep never overwrites "
+                             "another; rerun that sweep's own command to continue it, give another hydra.sweep.dir, "
+                             f"or remove {sweep}\n")
     assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
     assert (sweep / "0" / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
 

@@ -120,7 +120,7 @@ def test_two_sweeps_started_together_into_one_folder_one_proceeds_and_each_job_r
     results = [(run.wait(timeout=600), *run.communicate()) for run in sweeps]
     assert sorted(code for code, _, _ in results) == [0, 2], [err[-1500:] for _, _, err in results]
     _, _, loser_err = next(result for result in results if result[0] == 2)
-    assert "is in use by another sweep" in loser_err or "jobs of an earlier sweep" in loser_err, loser_err
+    assert "is in use by another sweep" in loser_err or "holds the jobs of another sweep" in loser_err, loser_err
     jobs = sorted(sweep.glob("*/.hydra"))
     assert len(jobs) == 2
     for job in jobs:

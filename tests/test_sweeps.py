@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.tools.report import collect, columns, markdown, rows
 
@@ -190,3 +191,61 @@ def test_joblib_runs_jobs_in_parallel_processes(tmp_path, synthetic_root):
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     runs = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
     assert all(run["epochs"] == 1 for run in runs)
+
+
+def files_and_times(folder) -> dict:
+    return {path.relative_to(folder): path.stat().st_mtime_ns for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_the_interrupted_one(tmp_path,
+                                                                                                   synthetic_root):
+    sweep = tmp_path / "sweep"
+    command = ["-m", "seed=1,2,3,4,5,6", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *FAST,
+               "callbacks=minimal", "+callbacks.crash._target_=tests.crash.KillOnce",
+               f"+callbacks.crash.marker={tmp_path / 'killed'}", "+callbacks.crash.job=2"]
+    killed = run_train(*command)
+    assert killed.returncode == -9, killed.stderr[-3000:]  # the process died in job 2's second epoch
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1"]
+    assert (sweep / "2" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "3").exists()
+    before = {job: files_and_times(sweep / job) for job in ("0", "1")}
+
+    rerun = run_train(*command)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Continuing the sweep in {sweep}: 2 finished, 1 resumed, 0 rerun, 3 to run" in rerun.stdout
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2", "3", "4", "5"]
+    assert {job: files_and_times(sweep / job) for job in ("0", "1")} == before  # not a byte rewritten
+    resumed = sweep / "2"
+    assert "resuming this job from" in (resumed / "train.log").read_text()
+    assert json.loads((resumed / "metrics.json").read_text())["epochs"] == 2
+    curve = EventAccumulator(str(resumed / "tensorboard")).Reload().Scalars("val/acc")
+    assert [event.step for event in curve] == sorted({event.step for event in curve}) and len(curve) == 2
+    assert not (resumed / "earlier-attempts").exists()
+    assert len(collect(sweep)) == 6 and all(job.metrics for job in collect(sweep))
+
+
+@pytest.mark.slow
+def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root):
+    sweep, late = tmp_path / "sweep", tmp_path / "late"  # job 1's data arrives after the first attempt
+    command = ["-m", f"data.root={synthetic_root},{late}", f"hydra.sweep.dir={sweep}", *QUICK]
+    first = run_train(*command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "failure.json").is_file()
+    late.symlink_to(synthetic_root)
+    kept = files_and_times(sweep / "0")
+
+    other = run_train("-m", "seed=7,8", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
+    assert other.returncode == 2
+    assert other.stderr.startswith(f"error: {sweep} holds the jobs of another sweep (0/ is a job of ")
+    assert other.stderr.endswith(f"rerun that sweep's own command to continue it, give another hydra.sweep.dir, "
+                                 f"or remove {sweep}\n") and other.stderr.count("\n") == 1
+    assert not (sweep / "0" / "earlier-attempts").exists() and files_and_times(sweep / "0") == kept
+
+    again = run_train(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Continuing the sweep in {sweep}: 1 finished, 0 resumed, 1 rerun, 0 to run" in again.stdout
+    assert files_and_times(sweep / "0") == kept
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["epochs"] == 1
+    assert not (sweep / "1" / "failure.json").exists()
+    earlier = sweep / "1" / "earlier-attempts" / "1"
+    assert str(late) in json.loads((earlier / "failure.json").read_text())["error"]

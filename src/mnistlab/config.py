@@ -181,6 +181,12 @@ def spell_trainer_overrides(args: list[str]) -> list[str]:
 HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
+def as_typed(overrides: list[str]) -> list[str]:
+    """Overrides as the user typed them: `++trainer.NAME=VALUE` back to `trainer.NAME=VALUE` (spell_trainer_overrides
+    spells them so for Hydra)."""
+    return [arg.removeprefix("++") if arg.startswith("++trainer.") else arg for arg in overrides]
+
+
 def one_line(err: Exception) -> str:
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
         err = err.__cause__  # raised by our code inside a Hydra-instantiated target

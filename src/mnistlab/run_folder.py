@@ -182,16 +182,6 @@ def is_search(args: list[str]) -> bool:
     return any(arg.startswith(("hparams_search=optuna", "hydra/sweeper=mnistlab_optuna")) for arg in args)
 
 
-def check_sweep_folder(folder: Path) -> None:
-    """A sweep whose folder holds the jobs of an earlier sweep stops in one line: Hydra would overwrite them job by
-    job, and mnistlab-report would mix the two."""
-    jobs = sorted(folder.glob("*/.hydra"))
-    if jobs:
-        finished = sum((job.parent / "metrics.json").is_file() for job in jobs)
-        raise ConfigError(f"{folder} holds {len(jobs)} jobs of an earlier sweep ({finished} finished): a sweep never "
-                          f"overwrites another; give another hydra.sweep.dir, or remove {folder}")
-
-
 def unfinished_run(runs: Path) -> Path:
     """The newest run folder under `runs` with a last.ckpt and no metrics.json (it never finished)."""
     candidates = sorted((p.parents[1] for p in runs.glob(f"*/checkpoints/{LAST}")

@@ -43,7 +43,6 @@ from mnistlab.precision import fast_precision
 from mnistlab.run_folder import (
     check_not_finished,
     check_not_in_use,
-    check_sweep_folder,
     check_writable,
     explicit_sweep_folder,
     hold,
@@ -53,6 +52,7 @@ from mnistlab.run_folder import (
     unfinished_run,
 )
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
+from mnistlab.sweep_plan import interrupted_job
 from mnistlab.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     resume_from = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
+    if resume_from is None and (resume_from := interrupted_job(run_dir)) is not None:
+        log.info(f"resuming this job from {resume_from}")
 
     parts = OmegaConf.to_container(cfg, resolve=True)
     trial = trial_number()
@@ -308,8 +310,7 @@ def main() -> None:
                     held.enter_context(hold(folder))
                     check_not_finished(folder)  # a run that finished while this one started
             elif (folder := explicit_sweep_folder(args)) is not None and not is_search(args):
-                held.enter_context(hold_sweep(folder))
-                check_sweep_folder(folder)
+                held.enter_context(hold_sweep(folder))  # its sweeper continues the sweep, or refuses another's
             sys.argv[1:] = args
             hydra_main()
     except MnistlabError as err:

@@ -8,10 +8,14 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+
+from mnistlab.config import as_typed, one_line
+from mnistlab.errors import MnistlabError
 
 log = logging.getLogger("hydra.mnistlab_launcher")  # under "hydra": Hydra configures its console
 
@@ -41,8 +45,6 @@ class MnistlabLauncher(BasicLauncher):
     def record_failure(self, idx: int, overrides: list[str], err: Exception) -> JobReturn:
         """failure.json in the job's folder, as mnistlab.train.record_failure writes for a job that failed while it
         ran; its value is nan, which a search records as a failed trial."""
-        from mnistlab.config import one_line
-
         message = one_line(err)
         subdir = OmegaConf.to_container(self.config.hydra.sweep)["subdir"]  # unresolved: ${hydra.job.num}, say
         folder = Path(str(self.config.hydra.sweep.dir)) / (str(idx) if "${" in subdir else subdir)
@@ -57,11 +59,66 @@ class MnistlabLauncher(BasicLauncher):
 
 
 class MnistlabSweeper(BasicSweeper):
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
+        """Hydra's basic sweep, except into a folder that holds this sweep's jobs already (the same command rerun
+        after a crash, a preemption or Ctrl-C): finished jobs are kept, the others resume or run again
+        (mnistlab.sweep_plan), in any launcher; one line says which. Another sweep's folder is one line, and
+        nothing is written there."""
+        from mnistlab.sweep_plan import RERUN, finished_value, plan_sweep, set_aside
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        jobs = [job for batch in self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]),
+                                                      None) for job in batch]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        numbered = OmegaConf.to_container(self.config.hydra.sweep)["subdir"] == "${hydra.job.num}"
+        try:
+            plan = plan_sweep(sweep_dir, jobs, numbered) if sweep_dir.is_dir() else None
+        except MnistlabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if plan is None or not plan.continues():
+            return [self.launch_jobs(jobs, range(len(jobs)))]
+        log.info(f"Continuing the sweep in {sweep_dir}: {plan.summary()}")
+        for num in plan.to_run():
+            if plan.states[num] == RERUN:
+                set_aside(plan.folders[num])
+        returns = {num: finished(jobs[num], plan.folders[num], finished_value(plan.folders[num]))
+                   for num, state in enumerate(plan.states) if num not in plan.to_run()}
+        for start, stop in consecutive(plan.to_run()):
+            returns |= dict(zip(range(start, stop), self.launch_jobs(jobs, range(start, stop)), strict=True))
+        return [[returns[num] for num in range(len(jobs))]]
+
+    def launch_jobs(self, jobs: list[list[str]], numbers: range) -> list[JobReturn]:
+        """Jobs `numbers` (consecutive), in batches of hydra.sweeper.max_batch_size, numbered as in the whole
+        sweep: a job's number names its folder."""
+        size = self.max_batch_size or len(numbers)
+        results = []
+        for start in range(numbers.start, numbers.stop, size):
+            batch = jobs[start:min(start + size, numbers.stop)]
+            results += self.launcher.launch(batch, initial_job_idx=start)
+        for result in results:
+            _ = result.return_value  # raises, as in Hydra's sweeper, for a job whose exception was kept
+        return results
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing here: the launcher composes each job and records one that does not compose as failed."""
 
 
-def as_typed(overrides: list[str]) -> list[str]:
-    """Overrides as the user typed them: mnistlab spells `trainer.NAME=VALUE` as `++trainer.NAME=VALUE` for Hydra
-    (mnistlab.config.spell_trainer_overrides)."""
-    return [arg.removeprefix("++") if arg.startswith("++trainer.") else arg for arg in overrides]
+def consecutive(numbers: list[int]) -> list[tuple[int, int]]:
+    """[2, 3, 4, 7] -> [(2, 5), (7, 8)]: the runs of consecutive job numbers, each one launcher call."""
+    runs: list[tuple[int, int]] = []
+    for num in numbers:
+        if runs and runs[-1][1] == num:
+            runs[-1] = (runs[-1][0], num + 1)
+        else:
+            runs.append((num, num + 1))
+    return runs
+
+
+def finished(overrides: list[str], folder: Path, value: float | None) -> JobReturn:
+    """A finished job kept as it is, as its launch returned it."""
+    job = JobReturn(overrides=overrides, working_dir=str(folder), task_name="train", status=JobStatus.COMPLETED)
+    job.return_value = value
+    return job
