@@ -1,6 +1,7 @@
 """One table for a sweep instead of forty folders: every job's metrics.json (or failure.json) and overrides,
 grouped by the overrides that differ between jobs (seed aside: seeds are what the mean and std run over),
 written as Markdown, CSV and a PNG chart of test accuracy (mean and spread); failed jobs are listed with their error.
+report.html puts all of it on one self-contained page, with every job's validation curves (report_html.py).
 
     mnistlab-report logs/<name>/multiruns/<date>_<time> [--out DIR]
 """
@@ -19,18 +20,27 @@ import yaml
 
 IGNORED_KEYS = ("seed",)  # averaged over, never a column
 # The metric names of sweeps whose jobs' configs predate the task group (configs/task/classification.yaml).
-CLASSIFICATION = {"best": "val/acc_best", "test": ["test/acc", "test/loss"]}
+CLASSIFICATION = {"monitor": "val/acc", "best": "val/acc_best", "test": ["test/acc", "test/loss"]}
+
+
+def task_metrics(jobs: list["Job"]) -> dict:
+    """The task's metric names (monitor, best, test) from the config the jobs ran with."""
+    config = jobs[0].folder / ".hydra" / "config.yaml" if jobs else None
+    saved = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
+    return (saved.get("task") or {}).get("metrics") or CLASSIFICATION
+
+
+def display_scale(metric: str) -> float:
+    """Losses stay as they are, every other metric (accuracy, IoU) is shown in percent."""
+    return 1 if metric.endswith("loss") else 100
 
 
 def columns(jobs: list["Job"]) -> list[tuple[str, str, float]]:
     """(metric, column title, scale) of the table: the task's headline test metric, its best validation value, the
-    other test metrics, the time per epoch; names from the task config the jobs ran with. Losses stay as they
-    are, every other metric (accuracy, IoU) is shown in percent."""
-    config = jobs[0].folder / ".hydra" / "config.yaml" if jobs else None
-    saved = yaml.safe_load(config.read_text()) if config and config.is_file() else {}
-    names = (saved.get("task") or {}).get("metrics") or CLASSIFICATION
+    other test metrics, the time per epoch."""
+    names = task_metrics(jobs)
     headline, *others = names["test"]
-    return [(name, f"{name}{'' if name.endswith('loss') else ' (%)'}", 1 if name.endswith("loss") else 100)
+    return [(name, f"{name}{'' if display_scale(name) == 1 else ' (%)'}", display_scale(name))
             for name in (headline, names["best"], *others)] + [("seconds_per_epoch", "time per epoch (s)", 1)]
 
 
@@ -40,6 +50,7 @@ class Job:
     overrides: dict[str, str]
     metrics: dict | None  # None when the job failed or never finished
     error: str | None
+    status: str  # finished, failed, pruned or unfinished
 
 
 def parse_overrides(lines: list[str]) -> dict[str, str]:
@@ -72,21 +83,21 @@ def collect(sweep_dir: Path) -> list[Job]:
         metrics_file, failure_file, pruned_file = (folder / name for name in ("metrics.json", "failure.json",
                                                                               "pruned.json"))
         if metrics_file.is_file():
-            jobs.append(Job(folder, overrides, json.loads(metrics_file.read_text()), None))
+            jobs.append(Job(folder, overrides, json.loads(metrics_file.read_text()), None, "finished"))
         elif pruned_file.is_file():
             epoch = json.loads(pruned_file.read_text())["epoch"]
-            jobs.append(Job(folder, overrides, None, f"pruned by the Optuna pruner after epoch {epoch}"))
+            jobs.append(Job(folder, overrides, None, f"pruned by the Optuna pruner after epoch {epoch}", "pruned"))
         elif failure_file.is_file():
-            jobs.append(Job(folder, overrides, None, json.loads(failure_file.read_text())["error"]))
+            jobs.append(Job(folder, overrides, None, json.loads(failure_file.read_text())["error"], "failed"))
         else:
-            jobs.append(Job(folder, overrides, None, "no metrics.json: killed, or still running"))
+            jobs.append(Job(folder, overrides, None, "no metrics.json: killed, or still running", "unfinished"))
     return jobs
 
 
-def varying_keys(jobs: list[Job]) -> list[str]:
+def varying_keys(jobs: list[Job], ignored: tuple[str, ...] = IGNORED_KEYS) -> list[str]:
     """The override keys whose values differ between jobs (seed aside), in the order they were given."""
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
-    return [key for key in keys if key not in IGNORED_KEYS
+    return [key for key in keys if key not in ignored
             and len({job.overrides.get(key) for job in jobs}) > 1]
 
 
@@ -127,14 +138,23 @@ def cell(summary: tuple[float, float | None] | None, digits: int) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown(keys: list[str], table: list[dict], jobs: list[Job], metrics: list[tuple[str, str, float]]) -> str:
+def digits(metric: str, scale: float) -> int:
+    """Losses get three decimals, percentages and seconds two."""
+    return 3 if scale == 1 and metric != "seconds_per_epoch" else 2
+
+
+def text_table(keys: list[str], table: list[dict], metrics: list[tuple[str, str, float]]) -> list[list[str]]:
+    """The table as text cells, its header first: what report.md and report.html both show."""
     header = [*(keys or ["jobs"]), "runs", "failed", *(title for _, title, _ in metrics)]
+    body = [[*([row[key] for key in keys] or ["all"]), str(row["runs"]), str(row["failed"]),
+             *(cell(row[metric], digits(metric, scale)) for metric, _, scale in metrics)] for row in table]
+    return [header, *body]
+
+
+def markdown(keys: list[str], table: list[dict], jobs: list[Job], metrics: list[tuple[str, str, float]]) -> str:
+    header, *body = text_table(keys, table, metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table:
-        labels = [row[key] for key in keys] or ["all"]
-        numbers = [cell(row[metric], 3 if scale == 1 and metric != "seconds_per_epoch" else 2)
-                   for metric, _, scale in metrics]
-        lines.append("| " + " | ".join([*labels, str(row["runs"]), str(row["failed"]), *numbers]) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     failures = [job for job in jobs if job.metrics is None]
     if failures:
         lines += ["", "Failed and pruned jobs:"]
@@ -221,11 +241,13 @@ def study_view(sweep_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from mnistlab.tools.report_html import write_html  # here, not at the top: report_html imports this module
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun folder (one subfolder per job)")
-    parser.add_argument("--out", type=Path, help="where report.md, report.csv and report.png go (default: sweep_dir)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="where report.md, .csv, .png and .html go (default: sweep_dir)")
+    args = parser.parse_args(argv)
     jobs = collect(args.sweep_dir)
     if not jobs:
         print(f"error: no job folders (*/.hydra/overrides.yaml) under {args.sweep_dir}: is it a multirun folder?",
@@ -235,11 +257,13 @@ def main() -> None:
     keys, table = rows(jobs, metrics)
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(keys, table, jobs, metrics) + study_view(args.sweep_dir)
+    study = study_view(args.sweep_dir)
+    text = markdown(keys, table, jobs, metrics) + study
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", keys, table, metrics)
     write_chart(out / "report.png", keys, table, metrics[0])
-    print(text + f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+    write_html(out / "report.html", args.sweep_dir, jobs, metrics, study)
+    print(text + f"\nwritten: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}, {out / 'report.html'}")
 
 
 if __name__ == "__main__":
