@@ -95,7 +95,8 @@ def collect(sweep_dir: Path) -> list[Job]:
 
 
 def varying_keys(jobs: list[Job], ignored: tuple[str, ...] = IGNORED_KEYS) -> list[str]:
-    """The override keys whose values differ between jobs (seed aside), in the order they were given."""
+    """The override keys whose values differ between jobs (the ignored ones aside: by default the seed), in the
+    order they were given."""
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     return [key for key in keys if key not in ignored
             and len({job.overrides.get(key) for job in jobs}) > 1]
@@ -138,7 +139,7 @@ def cell(summary: tuple[float, float | None] | None, digits: int) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def digits(metric: str, scale: float) -> int:
+def decimals(metric: str, scale: float) -> int:
     """Losses get three decimals, percentages and seconds two."""
     return 3 if scale == 1 and metric != "seconds_per_epoch" else 2
 
@@ -147,7 +148,7 @@ def text_table(keys: list[str], table: list[dict], metrics: list[tuple[str, str,
     """The table as text cells, its header first: what report.md and report.html both show."""
     header = [*(keys or ["jobs"]), "runs", "failed", *(title for _, title, _ in metrics)]
     body = [[*([row[key] for key in keys] or ["all"]), str(row["runs"]), str(row["failed"]),
-             *(cell(row[metric], digits(metric, scale)) for metric, _, scale in metrics)] for row in table]
+             *(cell(row[metric], decimals(metric, scale)) for metric, _, scale in metrics)] for row in table]
     return [header, *body]
 
 

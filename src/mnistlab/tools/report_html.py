@@ -8,7 +8,7 @@ import io
 from html import escape
 from pathlib import Path
 
-from mnistlab.tools.report import Job, digits, display_scale, rows, task_metrics, text_table, varying_keys
+from mnistlab.tools.report import Job, decimals, display_scale, rows, task_metrics, text_table, varying_keys
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -37,9 +37,8 @@ def write_html(path: Path, sweep_dir: Path, jobs: list[Job], metrics: list[tuple
     for status, title in (("failed", "Failed jobs"), ("unfinished", "Unfinished jobs"), ("pruned", "Pruned jobs")):
         listed = [job for job in jobs if job.status == status]
         if listed:
-            settings = [" ".join(f"{key}={job.overrides.get(key, '-')}" for key in keys) for job in listed]
-            sections += [f"<h2>{title}</h2>", html_table([["job", "settings", "why"], *(
-                [job.folder.name, shown, job.error] for job, shown in zip(listed, settings, strict=True))], status)]
+            cells = [[job.folder.name, settings_text(job, keys), job.error] for job in listed]
+            sections += [f"<h2>{title}</h2>", html_table([["job", "settings", "why"], *cells], status)]
     if study:
         sections += ["<h2>Optuna search</h2>", f"<pre>{escape(study.strip())}</pre>"]
         sections += [inline_png(plot.read_bytes(), plot.name) for plot in sorted(sweep_dir.glob("optuna_*.png"))]
@@ -53,7 +52,8 @@ def html_table(cells: list[list[str]], table_id: str, row_classes: list[str] | N
     header, *body = cells
     lines = [f"<table id='{table_id}'><tr>" + "".join(f"<th>{escape(text)}</th>" for text in header) + "</tr>"]
     for row, row_class in zip(body, row_classes or [""] * len(body), strict=True):
-        lines.append(f"<tr class='{row_class}'>" + "".join(f"<td>{escape(text)}</td>" for text in row) + "</tr>")
+        opening = f"<tr class='{row_class}'>" if row_class else "<tr>"
+        lines.append(opening + "".join(f"<td>{escape(text)}</td>" for text in row) + "</tr>")
     return "\n".join(lines) + "</table>"
 
 
@@ -65,7 +65,7 @@ def settings_table(jobs: list[Job], headline: tuple[str, str, float]) -> str:
     cells = [["job", *keys, "status", title]]
     for job in jobs:
         value = (job.metrics or {}).get(metric)
-        shown = f"{scale * value:.{digits(metric, scale)}f}" if isinstance(value, (int, float)) else "-"
+        shown = f"{scale * value:.{decimals(metric, scale)}f}" if isinstance(value, (int, float)) else "-"
         cells.append([job.folder.name, *(job.overrides.get(key, "-") for key in keys), job.status, shown])
     return html_table(cells, "jobs", row_classes=[job.status for job in jobs])
 
@@ -101,18 +101,24 @@ def curves_png(jobs: list[Job], keys: list[str], curves: dict[str, dict], tags: 
             if not points:
                 continue
             colour = plt.cm.tab10(groups.index(tuple(job.overrides.get(key, "-") for key in keys)) % 10)
-            label = f"job {job.folder.name}: " + " ".join(f"{key}={job.overrides.get(key, '-')}" for key in labelled)
+            label = f"job {job.folder.name}: {settings_text(job, labelled)}"
             axes.plot([epoch for epoch, _ in points], [display_scale(tag) * value for _, value in points],
                       marker="o", markersize=3, color=colour, label=label)
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"{tag}{'' if display_scale(tag) == 1 else ' (%)'}")
         axes.grid(alpha=0.3)
-    panels[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    lines = {label: line for axes in panels[0] for line, label in zip(*axes.get_legend_handles_labels(), strict=True)}
+    panels[0][-1].legend(lines.values(), lines.keys(), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
+                         frameon=False)  # every job once, whichever panels it has lines in
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def settings_text(job: Job, keys: list[str]) -> str:
+    return " ".join(f"{key}={job.overrides.get(key, '-')}" for key in keys)
 
 
 def inline_png(data: bytes, description: str) -> str:
