@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from mnistlab.tools.report import main as report
+from mnistlab.tools.report_html import read_scalars
 
 from .conftest import run_in_process
 
@@ -151,6 +152,13 @@ def test_report_html_shows_the_table_settings_curves_and_failures_in_a_browser(t
     assert png(page.images["report.png: the headline metric per group"]).width > 300
     assert "Validation curves" in page.text and "Pruned jobs" not in page.text
     assert_offline(page)
+
+
+def test_the_curves_are_the_events_per_epoch(tmp_path):
+    write_job(tmp_path, 0, ["seed=1"], test_acc=0.9, val_acc=(0.5, 0.75))
+    scalars = read_scalars(tmp_path / "0" / "tensorboard", ["val/acc", "val/loss", "val/miou"])
+    assert scalars == {"val/acc": [(0, 0.5), (1, 0.75)], "val/loss": [(0, 0.5), (1, 0.25)]}  # exact in float32
+    assert read_scalars(tmp_path / "1" / "tensorboard", ["val/acc"]) == {}  # a job that never logged
 
 
 def test_report_html_escapes_overrides_and_errors(tmp_path):
