@@ -88,13 +88,15 @@ def record_mlflow_run(logger: MLFlowLogger, settings: dict, run_dir: Path, best_
 @contextlib.contextmanager
 def failed_on_error(trainer: pl.Trainer):
     """An MLflow run whose training or testing failed, or whose record could not be written, ends FAILED. Lightning
-    marks it so for an error inside fit and test only; after a successful fit it is FINISHED already."""
+    marks it so for an error inside fit and test only; after a successful fit it is FINISHED already. A pruned Optuna
+    trial stopped as the search asked: FINISHED."""
     try:
         yield
-    except BaseException:
-        for logger in trainer.loggers:
-            if isinstance(logger, MLFlowLogger):
-                logger.finalize("failed")
+    except BaseException as err:
+        if type(err).__name__ != "TrialPruned":
+            for logger in trainer.loggers:
+                if isinstance(logger, MLFlowLogger):
+                    logger.finalize("failed")
         raise
 
 
