@@ -13,6 +13,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mnistlab.config import compose_run_config, unknown_choice
+from mnistlab.errors import ConfigError
+from mnistlab.validation import check_config
 
 from .conftest import FAST, REPO, offline_env, run_train, train_in_process
 
@@ -23,6 +25,13 @@ def test_logger_choices_compose_alone_and_together():
         chosen = compose_run_config([f"logger={choice}"]).logger
         assert list(chosen) == choice.strip("[]").split(",")
     assert "choose one of: csv, mlflow, tensorboard" in unknown_choice(["logger=[tensorboard,mlfow]"])
+
+
+def test_a_logger_setting_is_checked_against_the_logger_before_anything_runs():
+    with pytest.raises(ConfigError, match=r"^logger.mlflow.log_model='maybe' must be one of True, False, all$"):
+        check_config(compose_run_config(["logger=mlflow", "logger.mlflow.log_model=maybe"]))
+    with pytest.raises(ConfigError, match=r"^logger.csv.version=\[1, 2\] must be "):
+        check_config(compose_run_config(["logger=csv", "logger.csv.version=[1,2]"]))
 
 
 @pytest.fixture(scope="module")
