@@ -2,6 +2,7 @@
 spelled without `+`, and bad overrides as one line."""
 
 import difflib
+import importlib
 import importlib.metadata
 import inspect
 import os
@@ -67,8 +68,20 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
+# Choices whose library comes with an extra of the same name, checked by importing it (a library that is there
+# but does not import needs the same reinstall).
+EXTRA_MODULES = {("logger", "mlflow"): "mlflow"}
+
+
 def missing_plugin(group: str, choice: str) -> str | None:
-    """The install command for a choice whose Hydra plugin is not installed, or None."""
+    """The install command for a choice whose Hydra plugin or library is not installed, or None."""
+    if (group, choice) in EXTRA_MODULES:
+        module = EXTRA_MODULES[group, choice]
+        try:
+            importlib.import_module(module)
+            return None
+        except ImportError:
+            return install_hint(group, choice, module, extra=module)
     plugin = PLUGINS.get((group, choice))
     if plugin is None:
         return None
@@ -76,8 +89,12 @@ def missing_plugin(group: str, choice: str) -> str | None:
         importlib.metadata.version(plugin)
         return None
     except importlib.metadata.PackageNotFoundError:
-        return (f"{group}={choice} needs {plugin}, which is not installed: "
-                "pip install -e '.[sweep]' (mnistlab's sweep extra) installs it")
+        return install_hint(group, choice, plugin, extra="sweep")
+
+
+def install_hint(group: str, choice: str, package: str, extra: str) -> str:
+    return (f"{group}={choice} needs {package}, which is not installed: "
+            f"pip install -e '.[{extra}]' (mnistlab's {extra} extra) installs it")
 
 
 def shell_spelling(args: list[str]) -> list[str]:
@@ -112,6 +129,8 @@ def unknown_choice(args: list[str]) -> str | None:
             choices = list(override.sweep_string_iterator())
         elif isinstance(value, str):
             choices = [value]
+        elif isinstance(value, list) and all(isinstance(choice, str) for choice in value):
+            choices = value  # several options at once: logger=[tensorboard,mlflow]
         else:
             continue  # glob(...) and ranges: Hydra expands those against the folder
         options = group_options(override.key_or_group)

@@ -14,8 +14,8 @@ from mnistlab.checkpoints import LAST
 from mnistlab.errors import ConfigError
 
 LOCK = ".lock"
-# What a run writes before its first checkpoint: Hydra's config, the lock, the log, the logger's folders.
-UNSAVED_RUN = {".hydra", LOCK, "train.log", "tensorboard"}
+# What a run writes before its first checkpoint: Hydra's config, the lock, the log, the loggers' folders.
+UNSAVED_RUN = {".hydra", LOCK, "train.log", "tensorboard", "csv"}
 
 
 @dataclass

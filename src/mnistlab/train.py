@@ -37,7 +37,7 @@ from mnistlab.config import (
 )
 from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.inspection import log_hparams
+from mnistlab.inspection import compared_settings, log_hparams
 from mnistlab.models.registry import build_network, register_config_networks
 from mnistlab.precision import fast_precision
 from mnistlab.run_folder import (
@@ -53,6 +53,7 @@ from mnistlab.run_folder import (
 )
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.sweep_plan import interrupted_job
+from mnistlab.tracking import failed_on_error, record_run, tracker_lines
 from mnistlab.validation import check_config
 
 log = logging.getLogger(__name__)
@@ -155,33 +156,35 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))
     share_cores(trainer.strategy.root_device.type)
 
-    print_start(cfg, module, trainer, run_dir)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    if pruning is not None and pruning.pruned_at is not None:
-        record_pruned(run_dir, pruning)
-    names = cfg.task.metrics
-    best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
-    if best_value is None and trainer.checkpoint_callback is not None:  # a resumed fit with no epoch left to run
-        best_value = trainer.checkpoint_callback.best_model_score
-    best = load_tested_weights(trainer, module, run_dir)
-    trainer.test(module, datamodule=datamodule, verbose=cfg.get("verbose", False))  # print_summary says it
+    with failed_on_error(trainer):
+        print_start(cfg, module, trainer, run_dir)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        if pruning is not None and pruning.pruned_at is not None:
+            record_pruned(run_dir, pruning)
+        names = cfg.task.metrics
+        best_value = trainer.callback_metrics.get(names.best)  # None: no validation (data.val_size=0)
+        if best_value is None and trainer.checkpoint_callback is not None:  # a resumed fit with no epoch left to run
+            best_value = trainer.checkpoint_callback.best_model_score
+        best = load_tested_weights(trainer, module, run_dir)
+        trainer.test(module, datamodule=datamodule, verbose=cfg.get("verbose", False))  # print_summary says it
 
-    epochs = trainer.current_epoch
-    metrics = {
-        **{name: float(trainer.callback_metrics[name]) for name in names.test},
-        names.best: None if best_value is None else float(best_value),
-        "epochs": epochs,
-        "seconds": round(time.perf_counter() - start, 3),
-        "seconds_per_epoch": seconds_per_epoch(trainer),
-        "best_checkpoint": best,
-        "data": f"{datamodule.name} from {datamodule.root}",  # what it trained on: the bundled digits, say
-    }
-    overridden = [line.lstrip("+~").split("=", 1)[0] for line in HydraConfig.get().overrides.task]
-    log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]}, overridden)
-    if trainer.is_global_zero:  # under DDP every rank has the synced metrics; one writes them
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print_summary(metrics, [*names.test, names.best], run_dir)
+        epochs = trainer.current_epoch
+        metrics = {
+            **{name: float(trainer.callback_metrics[name]) for name in names.test},
+            names.best: None if best_value is None else float(best_value),
+            "epochs": epochs,
+            "seconds": round(time.perf_counter() - start, 3),
+            "seconds_per_epoch": seconds_per_epoch(trainer),
+            "best_checkpoint": best,
+            "data": f"{datamodule.name} from {datamodule.root}",  # what it trained on: the bundled digits, say
+        }
+        overridden = [line.lstrip("+~").split("=", 1)[0] for line in HydraConfig.get().overrides.task]
+        log_hparams(trainer, parts, {name: metrics[name] for name in [*names.test, names.best]}, overridden)
+        if trainer.is_global_zero:  # under DDP every rank has the synced metrics; one writes them
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            record_run(trainer, compared_settings(parts, overridden), run_dir, best)
+            print_summary(metrics, [*names.test, names.best], run_dir, tracker_lines(trainer, run_dir))
     return metrics
 
 
@@ -198,11 +201,9 @@ def print_start(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Trainer
           f"{trainer.strategy.root_device.type}; writing to {run_dir}")
 
 
-def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
+def print_summary(metrics: dict, names: list[str], run_dir: Path, trackers: list[tuple[str, str]]) -> None:
     """The final metrics (the headline first; a best validation value of none: no validation split), the time,
-    and where everything went."""
-    logs = Path("logs").resolve()
-    logdir = "logs" if run_dir.resolve().is_relative_to(logs) else run_dir  # logs/ holds every run to compare
+    and where everything went: the run folder, the best checkpoint, and each tracker (tracking.tracker_lines)."""
     figures = "  ".join(f"{name} {metrics[name]:.4f}" for name in names if metrics[name] is not None)
     validated = metrics[names[-1]] is not None
     epochs = plural(metrics["epochs"], "epoch")
@@ -212,7 +213,8 @@ def print_summary(metrics: dict, names: list[str], run_dir: Path) -> None:
     log.info(f"data          {metrics['data']}")
     log.info(f"run folder    {run_dir}")
     log.info(f"checkpoint    {metrics['best_checkpoint'] or '(none saved)'}")
-    log.info(f"tensorboard   tensorboard --logdir {logdir}")
+    for tracker, where in trackers:
+        log.info(f"{tracker:<14}{where}")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -244,9 +244,10 @@ def check_config(cfg: DictConfig) -> None:
     task = settings.get("task") or {}
     if "_target_" in task:
         check_keys("tricks", settings.get("tricks", {}), task["_target_"], skip=("model", "optimizer", "scheduler"))
-    for name, callback in (settings.get("callbacks") or {}).items():
-        if isinstance(callback, dict) and "_target_" in callback:
-            check_keys(f"callbacks.{name}", callback, callback["_target_"])
+    for group in ("callbacks", "logger"):
+        for name, part in (settings.get(group) or {}).items():
+            if isinstance(part, dict) and "_target_" in part:
+                check_keys(f"{group}.{name}", part, part["_target_"])
     if (settings.get("data") or {}).get("val_size") == 0 and optuna_search():
         raise ConfigError(f"data.val_size=0 leaves the Optuna search nothing to optimise (it optimises "
                           f"{task.get('metrics', {}).get('best')}): "
