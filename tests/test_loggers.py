@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pytorch_lightning.callbacks import Callback
 
 from mnistlab.config import compose_run_config, unknown_choice
 from mnistlab.errors import ConfigError
@@ -109,6 +110,38 @@ def test_an_mlflow_run_that_fails_after_training_ends_failed(tmp_path, synthetic
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("default").experiment_id])
     assert run.info.status == "FAILED"
+
+
+class InterruptTheSecondEpoch(Callback):
+    """Ctrl-C as the second epoch starts, after the first one's checkpoints."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_its_folder_continues_its_mlflow_run(tmp_path, synthetic_root):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*FAST, f"data.root={synthetic_root}", "callbacks=minimal", "logger=mlflow",
+            f"logger.mlflow.tracking_uri={store}"]
+    with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C with exit status 1
+        train_in_process(tmp_path / "run", *args,
+                         "+callbacks.cut._target_=tests.test_loggers.InterruptTheSecondEpoch")
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("default").experiment_id
+    (cut,) = client.search_runs([experiment])
+    assert len(client.get_metric_history(cut.info.run_id, "val/acc")) == 1
+
+    resumed = train_in_process(tmp_path / "run", *args, "ckpt_path=last")
+    (run,) = client.search_runs([experiment])  # the same run, not a second one
+    assert run.info.run_id == cut.info.run_id and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert len(history) == 2 and history[0].step < history[1].step
+    assert max(point.value for point in history) == pytest.approx(resumed["val/acc_best"])
+
+    train_in_process(tmp_path / "other", *args)  # another folder: a run of its own
+    assert len(client.search_runs([experiment])) == 2
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
+from mnistlab.checkpoints import LAST
+
 # MLflow's limits (mlflow.utils.validation): longer keys are refused, longer values cut.
 MAX_PARAM_KEY = 250
 MAX_PARAM_VALUE = 6000
@@ -49,14 +51,33 @@ def sqlite_database(tracking_uri: str) -> Path | None:
 class MLflowStoreLogger(MLFlowLogger):
     """Lightning's MLFlowLogger that can open a local SQLite store on a fresh clone: it makes the database's
     folder (SQLite would not), and keeps the artifacts beside the database (`mlartifacts/` next to it) instead of
-    in ./mlruns of whatever folder train.py runs from, MLflow's default. Any other tracking URI is MLflow's."""
+    in ./mlruns of whatever folder train.py runs from, MLflow's default. Any other tracking URI is MLflow's.
 
-    def __init__(self, tracking_uri: str, artifact_location: str | None = None, **kwargs):
+    Each MLflow run is tagged with its run folder; a run resumed in its folder (`ckpt_path=last`, a continued
+    sweep's job: its `last.ckpt` is there) continues that folder's MLflow run, its curves and its status."""
+
+    def __init__(self, tracking_uri: str, run_folder: str, artifact_location: str | None = None, **kwargs):
         database = sqlite_database(tracking_uri)
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
             artifact_location = artifact_location or str((database.parent / "mlartifacts").resolve())
+        folder = Path(run_folder).resolve()
+        kwargs["tags"] = {**(kwargs.get("tags") or {}), "run_folder": str(folder)}
+        if kwargs.get("run_id") is None and (folder / "checkpoints" / LAST).is_file():
+            kwargs["run_id"] = earlier_run(tracking_uri, kwargs.get("experiment_name"), folder)
         super().__init__(tracking_uri=tracking_uri, artifact_location=artifact_location, **kwargs)
+
+
+def earlier_run(tracking_uri: str, experiment: str | None, folder: Path) -> str | None:
+    """The id of the newest MLflow run of `experiment` tagged with run folder `folder`, if any."""
+    from mlflow.tracking import MlflowClient  # the mlflow extra: imported only by runs that log to MLflow
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment) if experiment else None
+    if found is None or "'" in str(folder):  # a quote would end the filter's string
+        return None
+    runs = MlflowClient(tracking_uri).search_runs([found.experiment_id], f"tags.run_folder = '{folder}'",
+                                                  order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def record_run(trainer: pl.Trainer, settings: dict, run_dir: Path, best_checkpoint: str | None) -> None:
@@ -77,7 +98,7 @@ def record_mlflow_run(logger: MLFlowLogger, settings: dict, run_dir: Path, best_
 
     client, run_id = logger.experiment, logger.run_id
     params = [Param(key, str(value)[:MAX_PARAM_VALUE]) for key, value in settings.items() if len(key) <= MAX_PARAM_KEY]
-    tags = [RunTag("run_folder", str(run_dir.resolve())), RunTag("best_checkpoint", best_checkpoint or "(none saved)")]
+    tags = [RunTag("best_checkpoint", best_checkpoint or "(none saved)")]  # run_folder: tagged at its start
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
         client.log_batch(run_id, params=params[start : start + 100], tags=tags if start == 0 else [])
     for name, folder in ARTIFACTS.items():
