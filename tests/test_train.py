@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.tasks.classification import load_classifier
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_train, train_main
 
 
 @pytest.mark.slow
@@ -167,22 +167,23 @@ def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):
     assert "name: baseline" in result.stdout
 
 
-def test_a_corrupt_data_folder_ends_in_one_line_naming_the_file(tmp_path, synthetic_root):
+def test_a_corrupt_data_folder_ends_in_one_line_naming_the_file(tmp_path, synthetic_root, monkeypatch):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in synthetic_root.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     images = broken / "t10k-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[: len(images.read_bytes()) // 2])  # cut off mid-stream
-    result = run_train(f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+    result = train_main(monkeypatch, f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {images}: ")
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so trainer=gpu builds")
-def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root):
-    result = run_train("trainer=gpu", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root, monkeypatch):
+    result = train_main(monkeypatch, "trainer=gpu", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                        *FAST)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: Error in call to target 'pytorch_lightning.trainer.trainer.Trainer': "
