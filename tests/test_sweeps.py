@@ -13,15 +13,16 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.tools.report import collect, columns, markdown, rows
+from mnistlab.tools.report import main as report_main
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_in_process, run_train
 
 QUICK = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "callbacks=minimal"]
 
 
 def report(sweep_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistlab.tools.report", str(sweep_dir)], capture_output=True,
-                          text=True, timeout=120)
+    """`mnistlab-report SWEEP_DIR`, its main in process: the report reads the folder, not the process."""
+    return run_in_process(report_main, str(sweep_dir))
 
 
 @pytest.mark.slow
