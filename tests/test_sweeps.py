@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnistlab.tools.report import collect, columns, markdown, rows
 from mnistlab.tools.report import main as report_main
 
-from .conftest import FAST, REPO, offline_env, run_in_process, run_train
+from .conftest import FAST, REPO, offline_env, run_in_process, run_train, train_main
 
 QUICK = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "callbacks=minimal"]
 
@@ -226,7 +226,7 @@ def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_th
 
 
 @pytest.mark.slow
-def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root):
+def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root, monkeypatch):
     sweep, late = tmp_path / "sweep", tmp_path / "late"  # job 1's data arrives after the first attempt
     command = ["-m", f"data.root={synthetic_root},{late}", f"hydra.sweep.dir={sweep}", *QUICK]
     first = run_train(*command)
@@ -235,7 +235,7 @@ def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(t
     late.symlink_to(synthetic_root)
     kept = files_and_times(sweep / "0")
 
-    other = run_train("-m", "seed=7,8", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
+    other = train_main(monkeypatch, "-m", "seed=7,8", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
     assert other.returncode == 2
     assert other.stderr.startswith(f"error: {sweep} holds the jobs of another sweep (0/ is a job of ")
     assert other.stderr.endswith(f"rerun that sweep's own command to continue it, give another hydra.sweep.dir, "
