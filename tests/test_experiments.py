@@ -28,6 +28,7 @@ def test_the_issue_lists_every_experiment():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 24 runs in one sweep, then three more
 def test_every_experiment_runs_end_to_end(tmp_path, synthetic_root):
     sweep = tmp_path / "sweep"
     exclude = ",".join(NEEDS_A_CHECKPOINT)

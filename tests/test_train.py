@@ -191,6 +191,7 @@ def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # compiling on a CPU takes minutes on a busy machine
 def test_compile_trains_the_compiled_network_and_saves_plain_checkpoints(tmp_path, synthetic_root):
     """compile=true on the CPU: the run completes with the default callbacks (the graph trace included), learns, and its
     checkpoint has the plain network's keys, so eval, predict, export and transfer load it unchanged."""
