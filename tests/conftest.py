@@ -5,6 +5,7 @@ import contextlib
 import io
 import logging
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -64,6 +65,13 @@ def run_in_process(main: Callable[[list[str]], None], *args: str) -> subprocess.
                 print(code, file=sys.stderr)
                 code = 1
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_script(monkeypatch, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python scripts/NAME ARGS` without the process: the script run as __main__ in this process."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    monkeypatch.setattr(sys, "path", sys.path[:])  # some scripts put src/ first
+    return run_in_process(lambda argv: runpy.run_path(str(REPO / "scripts" / name), run_name="__main__"), *args)
 
 
 def train_main(monkeypatch, *args: str) -> subprocess.CompletedProcess:

@@ -14,8 +14,9 @@ from .conftest import REPO, offline_env, train_in_process, train_main
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 NEEDS_A_CHECKPOINT = {"distill": "tricks.distill_teacher", "transfer": "tricks.init_from",
                       "segmentation_transfer": "tricks.init_from"}
+# One test batch too: the segmentation experiments' test set is 8 batches of canvases, the slowest part of a run.
 TINY = ["data.val_size=200", "data.batch_size=64", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1"]
+        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1"]
 
 
 def test_the_issue_lists_every_experiment():

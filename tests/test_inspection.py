@@ -2,7 +2,6 @@
 
 import json
 import math
-import runpy
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from mnistlab.inspection import (
 )
 from mnistlab.models import SeedNet
 
-from .conftest import FAST, REPO, run_in_process, train_in_process
+from .conftest import FAST, run_script, train_in_process
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
@@ -235,17 +234,11 @@ def test_flatten_spells_keys_as_overrides():
 
 
 @pytest.mark.slow
-def plot_filters(monkeypatch, *args: str) -> subprocess.CompletedProcess:
-    """`python scripts/plot_filters.py ARGS`, the script run as __main__ in this process."""
-    monkeypatch.setattr(sys, "argv", ["plot_filters.py", *args])
-    monkeypatch.setattr(sys, "path", sys.path[:])  # the script puts src/ first
-    return run_in_process(lambda argv: runpy.run_path(str(REPO / "scripts" / "plot_filters.py"), run_name="__main__"))
-
-
 def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_path, monkeypatch):
     run_dir, _ = inspected_run
     out = tmp_path / "figures"
-    result = plot_filters(monkeypatch, str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out), "--zoom", "4")
+    result = run_script(monkeypatch, "plot_filters.py", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out),
+                        "--zoom", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(out / "filters_backbone_conv1.png") as png:
         assert (png.height, png.width) == grid_size(tiles=20, per_row=10, tile=5 * 4)
@@ -255,7 +248,7 @@ def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_
         ("filters", "backbone_conv1"), ("filters", "backbone_conv2"), ("feature_maps", "input"),
         ("feature_maps", "backbone_conv1"), ("feature_maps", "backbone_conv2")]}
 
-    missing = plot_filters(monkeypatch, str(tmp_path / "nope.ckpt"))
+    missing = run_script(monkeypatch, "plot_filters.py", str(tmp_path / "nope.ckpt"))
     assert missing.returncode != 0
     assert missing.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such checkpoint file"
 

@@ -1,4 +1,5 @@
-"""End to end: the real `python train.py` and `mnistlab-train` in subprocesses, on synthetic IDX files."""
+"""End to end on synthetic IDX files: the real `python train.py` and `mnistlab-train` in subprocesses where what
+the process prints or installs is tested, train() and main() in process elsewhere."""
 
 import json
 import subprocess
@@ -13,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.tasks.classification import load_classifier
 
-from .conftest import FAST, REPO, offline_env, run_train, train_main
+from .conftest import FAST, REPO, offline_env, run_train, train_in_process, train_main
 
 
 @pytest.mark.slow
@@ -109,10 +110,9 @@ def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthet
     (here, the weights after epochs 0, 1 and 2) and puts the average into the model only when training ends:
     that is what is tested."""
     run_dir = tmp_path / "run"
-    result = run_train("+experiment=baseline", "callbacks=swa", f"data.root={synthetic_root}",
-                       f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=4", "callbacks.swa.swa_epoch_start=2",
-                       "callbacks.model_checkpoint.save_top_k=-1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, "+experiment=baseline", "callbacks=swa", f"data.root={synthetic_root}", *FAST,
+                     "trainer.max_epochs=4", "callbacks.swa.swa_epoch_start=2",
+                     "callbacks.model_checkpoint.save_top_k=-1")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     swa = run_dir / "checkpoints" / "swa.ckpt"
     assert metrics["best_checkpoint"] == str(swa)
