@@ -128,6 +128,7 @@ def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthet
     assert checkpoint_test_accuracy(swa) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
     empty = tmp_path / "empty"
     result = run_train(f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}")
@@ -139,6 +140,7 @@ def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
     assert "the download failed" in last and "data.root=PATH" in last
 
 
+@pytest.mark.slow
 def test_console_script_finds_the_configs_from_any_folder(tmp_path):
     script = Path(sys.executable).with_name("mnistlab-train")
     assert script.is_file(), "install the package first: pip install -e '.[dev]'"
@@ -148,6 +150,7 @@ def test_console_script_finds_the_configs_from_any_folder(tmp_path):
     assert "name: baseline" in result.stdout and "_target_: mnistlab.models.SeedNet" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):
     """A plain (non-editable) install must find its configs inside the package, not in a checkout."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
