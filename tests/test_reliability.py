@@ -1,6 +1,7 @@
 """Reliability: bad configs stop before anything is written, kill -9 then `ckpt_path=last` ends exactly where an
 uninterrupted run ends, Ctrl-C saves a checkpoint, a diverged loss stops the run, runs are deterministic, and DDP
-trains on 2 CPU processes with synced metrics, all through the real `python train.py`."""
+trains on 2 CPU processes with synced metrics: through the real `python train.py` where a signal, a kill, a lock or
+the process's exit status is the point, train.py's main() in process where one line of error is."""
 
 import json
 import os

@@ -1,5 +1,6 @@
 """Searches with mnistlab's Optuna sweeper (hparams_search=optuna), run for real as a user runs them: pruning, a
-search that survives SIGKILL, two workers on one study, and the report's view of the study."""
+search that survives SIGKILL, two workers on one study, and the report's view of the study (in process where only
+its output is read)."""
 
 import json
 import re
