@@ -3,7 +3,10 @@ the tools in process, and a runner for the real `python train.py` where the proc
 
 import contextlib
 import io
+import logging
 import os
+import runpy
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +16,7 @@ import pytest
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
+from mnistlab import train as train_module
 from mnistlab.config import compose_run_config
 from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.train import train
@@ -55,9 +59,37 @@ def run_in_process(main: Callable[[list[str]], None], *args: str) -> subprocess.
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
+        except SystemExit as exit_:  # as the interpreter ends: None is 0, a number the status, anything else printed
+            code = exit_.code or 0
+            if not isinstance(code, int):
+                print(code, file=sys.stderr)
+                code = 1
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def run_script(monkeypatch, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python scripts/NAME ARGS` without the process: the script run as __main__ in this process."""
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    monkeypatch.setattr(sys, "path", sys.path[:])  # some scripts put src/ first
+    return run_in_process(lambda argv: runpy.run_path(str(REPO / "scripts" / name), run_name="__main__"), *args)
+
+
+def train_main(monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` without the process: train.py's `main()`, in this process, as a CompletedProcess. For
+    commands that end in an error, before Hydra starts or inside its run; the SIGINT handler `main` sets and the
+    logging handlers Hydra adds are put back, so later tests see neither."""
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    root, sigint = logging.getLogger(), signal.getsignal(signal.SIGINT)
+    handlers, level = root.handlers[:], root.level
+    try:
+        return run_in_process(lambda argv: train_module.main(), *args)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()  # the run's train.log
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 class RecordWeights(Callback):

@@ -1,7 +1,9 @@
-"""scripts/benchmark.py runs for real on tiny data, so it cannot rot. Speeds are never asserted: only the report's
-structure, that every number is a positive finite value, and one-line errors for bad input."""
+"""scripts/benchmark.py runs for real on tiny data, so it cannot rot: once as a process, otherwise its main in
+process. Speeds are never asserted: only the report's structure, that every number is a positive finite value, and
+one-line errors for bad input."""
 
 import json
+import logging
 import math
 import re
 import subprocess
@@ -12,7 +14,7 @@ from omegaconf import OmegaConf
 
 from mnistlab.tools.benchmark import caveats, main
 
-from .conftest import REPO, offline_env
+from .conftest import REPO, offline_env, run_in_process
 
 VARIANTS = ("a", "a2", "b", "c")
 ROW = re.compile(r"^\| (a2|a|b|c) \| [^|]+ \| (\d+) \| (32-true|bf16-mixed) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \| "
@@ -20,8 +22,20 @@ ROW = re.compile(r"^\| (a2|a|b|c) \| [^|]+ \| (\d+) \| (32-true|bf16-mixed) \| (
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    """`python scripts/benchmark.py ARGS`, the real process."""
     return subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=REPO, env=offline_env(),
                           capture_output=True, text=True, timeout=300)
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    """The same command, its main in process; the levels it gives Lightning's loggers are put back."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch")]
+    levels = [logger.level for logger in loggers]
+    try:
+        return run_in_process(main, *args)
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def table_rows(stdout: str) -> dict[str, tuple[str, ...]]:
@@ -62,8 +76,7 @@ def test_all_variants_report(synthetic_root, tmp_path):
 @pytest.mark.slow
 def test_synthetic_data_repeats_and_profile():
     """Without --data-root: synthetic data; a variant subset in the order asked; the profiler over a."""
-    result = run_benchmark("--train-images", "400", "--val-size", "100", "--repeats", "2", "--variants", "c,b",
-                           "--profile")
+    result = bench("--train-images", "400", "--val-size", "100", "--repeats", "2", "--variants", "c,b", "--profile")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(table_rows(result.stdout)) == ["b", "c"]
     assert result.stdout.count("repeat 2/2") == 2
@@ -95,9 +108,8 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, expected):
      "error: data.val_size=0 must be between 1 and 399 here: the benchmark times epochs with validation "
      "(--val-size N sets it)\n"),
 ])
-@pytest.mark.slow
 def test_a_run_the_benchmark_cannot_time_is_one_line(synthetic_root, args, expected):
-    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "400", "--variants", "a", *args)
+    result = bench("--data-root", str(synthetic_root), "--train-images", "400", "--variants", "a", *args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr == expected
 
@@ -118,8 +130,8 @@ def test_caveats_name_short_epochs_few_repeats_and_a_busy_machine():
 @pytest.mark.slow
 def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_path):
     out = tmp_path / "sweep.json"
-    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
-                           "--repeats", "1", "--batch-sizes", "64,128", "--json", str(out))
+    result = bench("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200", "--repeats", "1",
+                   "--batch-sizes", "64,128", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \|$", result.stdout,
                       re.MULTILINE)
@@ -135,9 +147,9 @@ def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_pa
 @pytest.mark.slow
 def test_a_segmentation_run_is_timed_against_a_plain_loop_of_canvases(synthetic_root, tmp_path):
     out = tmp_path / "canvases.json"
-    result = run_benchmark("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200",
-                           "--repeats", "1", "--batch-sizes", "32", "--json", str(out), "task=segmentation",
-                           "data.train_canvases=128", "data.val_canvases=32", "data.test_canvases=32")
+    result = bench("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200", "--repeats", "1",
+                   "--batch-sizes", "32", "--json", str(out), "task=segmentation", "data.train_canvases=128",
+                   "data.val_canvases=32", "data.test_canvases=32")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "128 training canvases an epoch, composed per batch; validation on 32 fixed canvases" in result.stdout
     (row,) = json.loads(out.read_text())["batch_sweep"]

@@ -12,7 +12,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
 from mnistlab.train import device_for_job
 
-from .conftest import REPO
+from .conftest import REPO, train_main
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -74,9 +74,8 @@ def test_unknown_group_choices_are_named(args, problem):
     assert found == problem if problem is None else problem in found
 
 
-@pytest.mark.slow
-def test_unknown_dataset_on_the_command_line_is_one_line_and_exit_2():
-    result = subprocess.run([sys.executable, "train.py", "data=emnist"], cwd=REPO, capture_output=True, text=True)
+def test_unknown_dataset_on_the_command_line_is_one_line_and_exit_2(monkeypatch):
+    result = train_main(monkeypatch, "data=emnist")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown data 'emnist' (override data=emnist); choose one of: fashion_mnist, kmnist, mnist"]

@@ -78,6 +78,7 @@ def test_an_experiment_without_its_plus_says_to_add_it():
         precheck(["experiment=mixup"])
 
 
+@pytest.mark.slow
 def test_the_sweeper_plugin_is_silent_where_optuna_is_not_installed():
     """A plain install has no Optuna: Hydra's plugin scan imports mnistlab's sweeper module on every run, and it
     must not need Optuna to import (its search imports it when a search starts)."""

@@ -30,7 +30,7 @@ from mnistlab.inspection import (
 )
 from mnistlab.models import SeedNet
 
-from .conftest import FAST, REPO, run_train
+from .conftest import FAST, run_script, train_in_process
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
@@ -42,9 +42,7 @@ EVERYTHING = {"size_guidance": {"images": 0, "histograms": 0, "scalars": 0, "ten
 @pytest.fixture(scope="module")
 def inspected_run(tmp_path_factory, synthetic_root):
     run_dir = tmp_path_factory.mktemp("inspected") / "run"
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *SHORT,
-                       "callbacks.embedding.num_images=50")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, f"data.root={synthetic_root}", *SHORT, "callbacks.embedding.num_images=50")
     return run_dir, EventAccumulator(str(run_dir / "tensorboard"), **EVERYTHING).Reload()
 
 
@@ -134,8 +132,7 @@ def test_graph_and_projector_are_written(inspected_run):
 def test_minimal_callbacks_write_no_images_and_change_no_result(tmp_path, synthetic_root, inspected_run):
     inspected_dir, _ = inspected_run
     run_dir = tmp_path / "run"
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *SHORT, "callbacks=minimal")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, f"data.root={synthetic_root}", *SHORT, "callbacks=minimal")
     events = EventAccumulator(str(run_dir / "tensorboard"), **EVERYTHING).Reload()
     assert events.Tags()["images"] == [] and events.Tags()["histograms"] == [] and not events.Tags()["graph"]
     assert "val/ece" not in events.Tags()["scalars"] and "val/acc" in events.Tags()["scalars"]
@@ -237,11 +234,11 @@ def test_flatten_spells_keys_as_overrides():
 
 
 @pytest.mark.slow
-def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_path):
+def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_path, monkeypatch):
     run_dir, _ = inspected_run
     out = tmp_path / "figures"
-    result = subprocess.run([sys.executable, "scripts/plot_filters.py", str(run_dir / "checkpoints" / "last.ckpt"),
-                             "--out", str(out), "--zoom", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_script(monkeypatch, "plot_filters.py", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(out),
+                        "--zoom", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(out / "filters_backbone_conv1.png") as png:
         assert (png.height, png.width) == grid_size(tiles=20, per_row=10, tile=5 * 4)
@@ -251,8 +248,7 @@ def test_plot_filters_script_writes_the_pngs_of_a_checkpoint(inspected_run, tmp_
         ("filters", "backbone_conv1"), ("filters", "backbone_conv2"), ("feature_maps", "input"),
         ("feature_maps", "backbone_conv1"), ("feature_maps", "backbone_conv2")]}
 
-    missing = subprocess.run([sys.executable, "scripts/plot_filters.py", str(tmp_path / "nope.ckpt")], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    missing = run_script(monkeypatch, "plot_filters.py", str(tmp_path / "nope.ckpt"))
     assert missing.returncode != 0
     assert missing.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such checkpoint file"
 

@@ -1,6 +1,7 @@
 """Reliability: bad configs stop before anything is written, kill -9 then `ckpt_path=last` ends exactly where an
 uninterrupted run ends, Ctrl-C saves a checkpoint, a diverged loss stops the run, runs are deterministic, and DDP
-trains on 2 CPU processes with synced metrics, all through the real `python train.py`."""
+trains on 2 CPU processes with synced metrics: through the real `python train.py` where a signal, a kill, a lock or
+the process's exit status is the point, train.py's main() in process where one line of error is."""
 
 import json
 import os
@@ -22,7 +23,7 @@ from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.train import precheck
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_train, train_main
 
 # Deterministic, with the random parts on (augmentation, mixup), so that resuming must restore their streams.
 RANDOM_PARTS = ["trainer.deterministic=true", "data.augment={degrees:10,translate:0.1}", "tricks.mixup_alpha=0.2",
@@ -68,10 +69,9 @@ def test_bad_configs_are_rejected_before_anything_is_built(overrides, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.slow
-def test_a_bad_config_writes_no_run_folder(tmp_path):
+def test_a_bad_config_writes_no_run_folder(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    result = run_train("optimizer.lr=0", f"hydra.run.dir={run_dir}")
+    result = train_main(monkeypatch, "optimizer.lr=0", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2 and result.stderr.strip() == "error: optimizer.lr=0 must be > 0"
     assert not run_dir.exists()
 
@@ -162,9 +162,9 @@ def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(refer
     assert killed_at < 4 and final(run_dir) == final(reference_run)
 
 
-def test_ckpt_path_last_without_an_unfinished_run_is_one_line(tmp_path, synthetic_root):
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), f"data.root={synthetic_root}", "ckpt_path=last"],
-                            cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=300)
+def test_ckpt_path_last_without_an_unfinished_run_is_one_line(tmp_path, synthetic_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = train_main(monkeypatch, f"data.root={synthetic_root}", "ckpt_path=last")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ckpt_path=last: no unfinished run to resume under logs/default")
 
@@ -186,13 +186,15 @@ def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
 
 @pytest.mark.parametrize("val_size", [200, 0])  # 0: checkpoints follow the training epoch, not a validation
 @pytest.mark.slow
-def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, val_size):
+def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path, val_size,
+                                                                               monkeypatch):
     run_dir = tmp_path / "run"
     # A step schedule that multiplies the lr by 1e8 after the first epoch: the second epoch diverges. Logging
     # every 50 steps leaves the catch to the epoch's end (before validation, or before the checkpoint without it).
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=3",
-                       "scheduler=step", "scheduler.step_epochs=1", "scheduler.gamma=1e8", "callbacks=minimal",
-                       "trainer.precision=32-true", f"data.val_size={val_size}", "trainer.log_every_n_steps=50")
+    result = train_main(monkeypatch, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST,
+                        "trainer.max_epochs=3", "scheduler=step", "scheduler.step_epochs=1", "scheduler.gamma=1e8",
+                        "callbacks=minimal", "trainer.precision=32-true", f"data.val_size={val_size}",
+                        "trainer.log_every_n_steps=50")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -276,9 +278,10 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_the_run_in_one_line_and_keeps_what_was_saved(synthetic_root, small_disk):
+def test_a_full_disk_ends_the_run_in_one_line_and_keeps_what_was_saved(synthetic_root, small_disk, monkeypatch):
     run_dir = small_disk / "run"
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, "callbacks=minimal")
+    result = train_main(monkeypatch, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST,
+                        "callbacks=minimal")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -301,8 +304,7 @@ def test_a_run_never_overwrites_a_finished_one(tmp_path):
     assert (finished / "metrics.json").read_text() == '{"test/acc": 0.9}\n'
 
 
-@pytest.mark.slow
-def test_a_sweep_never_overwrites_another_one(tmp_path):
+def test_a_sweep_never_overwrites_another_one(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
     for job, finished in [("0", True), ("1", False)]:  # one finished job, one that failed or was cut short
         (sweep / job / ".hydra").mkdir(parents=True)
@@ -310,7 +312,7 @@ def test_a_sweep_never_overwrites_another_one(tmp_path):
         if finished:
             (sweep / job / "metrics.json").write_text('{"test/acc": 0.9}\n')
     before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
-    result = run_train("-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
+    result = train_main(monkeypatch, "-m", "seed=1,2", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 2
     assert result.stderr == (f"error: {sweep} holds the jobs of another sweep (0/ is a job of seed=0 "
                              "trainer.max_epochs=3, which this command does not run): a sweep never overwrites "

@@ -15,7 +15,7 @@ import yaml
 from mnistlab.errors import ConfigError
 from mnistlab.train import precheck
 
-from .conftest import FAST, REPO, offline_env, run_train, train_in_process
+from .conftest import FAST, REPO, offline_env, run_train, train_in_process, train_main
 
 
 def contents(folder: Path) -> dict[str, bytes | None]:
@@ -33,6 +33,8 @@ def user_folder(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_failed_run_in_an_existing_folder_leaves_it_as_it_was(tmp_path):
+    """The real process (stays one): its whole stderr is the one line, and train.log, which Hydra's log handler
+    holds open in the user's folder until the process ends, is left as the user had it."""
     folder, empty = user_folder(tmp_path / "mine"), tmp_path / "no_data"
     empty.mkdir()
     before = contents(folder)
@@ -63,12 +65,12 @@ def mount(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failed_run_on_a_mount_point_keeps_the_mount_and_what_it_held(mount, tmp_path):
+def test_a_failed_run_on_a_mount_point_keeps_the_mount_and_what_it_held(mount, tmp_path, monkeypatch):
     point = mount("disk")
     (point / "kept.txt").write_text("mine\n")
     empty = tmp_path / "no_data"
     empty.mkdir()
-    result = run_train(f"hydra.run.dir={point}", f"data.root={empty}", "data.download=false")
+    result = train_main(monkeypatch, f"hydra.run.dir={point}", f"data.root={empty}", "data.download=false")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert subprocess.run(["mountpoint", "-q", str(point)]).returncode == 0
     assert contents(point) == {"kept.txt": b"mine\n"}
@@ -77,13 +79,14 @@ def test_a_failed_run_on_a_mount_point_keeps_the_mount_and_what_it_held(mount, t
 @pytest.mark.slow
 @pytest.mark.parametrize("read_only", ["run folder", "checkpoints", "tensorboard"])
 def test_a_read_only_place_is_one_line_and_the_run_folder_keeps_what_was_there(read_only, mount, synthetic_root,
-                                                                                tmp_path):
+                                                                                tmp_path, monkeypatch):
     if read_only == "run folder":
         run_dir = mount("ro_parent", "ro") / "run"
     else:
         run_dir = tmp_path / "run"
         mount(f"run/{read_only}", "ro")
-    result = run_train(f"hydra.run.dir={run_dir}", f"data.root={synthetic_root}", *FAST, "trainer.max_epochs=1")
+    result = train_main(monkeypatch, f"hydra.run.dir={run_dir}", f"data.root={synthetic_root}", *FAST,
+                        "trainer.max_epochs=1")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1 and "Read-only file system" in errors[0] and "Traceback" not in result.stderr, errors

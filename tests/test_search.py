@@ -1,5 +1,6 @@
 """Searches with mnistlab's Optuna sweeper (hparams_search=optuna), run for real as a user runs them: pruning, a
-search that survives SIGKILL, two workers on one study, and the report's view of the study."""
+search that survives SIGKILL, two workers on one study, and the report's view of the study (in process where only
+its output is read)."""
 
 import json
 import re
@@ -18,8 +19,9 @@ import pytest
 import torch
 
 from mnistlab.search import OptunaPruning, threads_per_job
+from mnistlab.tools.report import main as report_main
 
-from .conftest import REPO, offline_env
+from .conftest import REPO, offline_env, run_in_process
 
 # Every searched setting fixed on the command line (it wins over the search space): the runs are reproducible.
 FIXED = ["optimizer.weight_decay=0", "data.batch_size=64", "tricks.label_smoothing=0", "tricks.mixup_alpha=0"]
@@ -82,8 +84,7 @@ def test_a_hopeless_trial_is_pruned_and_the_study_continues(synthetic_root, tmp_
     results = json.loads((folder / "optimization_results.json").read_text())
     assert results["trials"] == {"complete": 1, "pruned": 1, "fail": 0} and results["best_trial"] == 0
 
-    report = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(folder)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    report = run_in_process(report_main, str(folder))  # the report reads the folder: in process
     assert report.returncode == 0, report.stderr[-3000:]
     assert "pruned by the Optuna pruner after epoch 0" in report.stdout
     assert "Optuna study 'optuna'" in report.stdout and "1 complete, 1 pruned" in report.stdout

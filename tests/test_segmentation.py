@@ -3,8 +3,6 @@ dataset-level IoU; a classifier's backbone transfers into it."""
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from mnistlab.tools import evaluate, inspect_model, predict
 from mnistlab.tools.predict import ink_band_height
 from mnistlab.train import build_task
 
-from .conftest import FAST, REPO, run_in_process, train_in_process
+from .conftest import FAST, run_in_process, run_script, train_in_process
 
 SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
          "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
@@ -128,12 +126,11 @@ def test_a_classifiers_backbone_transfers_into_the_fcn(synthetic_root, tmp_path)
     assert "backbone" in line
 
 
-def test_a_page_of_digits_is_dark_ink_on_paper_in_lines(synthetic_root, tmp_path):
+def test_a_page_of_digits_is_dark_ink_on_paper_in_lines(synthetic_root, tmp_path, monkeypatch):
     page = tmp_path / "page.png"
-    made = subprocess.run([sys.executable, str(REPO / "scripts" / "digit_page.py"),
-                           str(synthetic_root / "t10k-images-idx3-ubyte.gz"),
-                           str(synthetic_root / "t10k-labels-idx1-ubyte.gz"), str(page), "--lines", "3",
-                           "--per-line", "4", "--zoom", "2"], capture_output=True, text=True, timeout=120)
+    made = run_script(monkeypatch, "digit_page.py", str(synthetic_root / "t10k-images-idx3-ubyte.gz"),
+                      str(synthetic_root / "t10k-labels-idx1-ubyte.gz"), str(page), "--lines", "3", "--per-line", "4",
+                      "--zoom", "2")
     assert made.returncode == 0, made.stderr
     lines = [line.split() for line in made.stdout.splitlines()]
     assert len(lines) == 3 and all(len(line) == 4 and all(d.isdigit() for d in line) for line in lines)

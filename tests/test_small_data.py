@@ -19,7 +19,7 @@ from mnistlab.data import MNISTDataModule
 from mnistlab.errors import ConfigError, NotLearningError
 from mnistlab.tasks.classification import Classifier
 
-from .conftest import FAST, REPO, RecordWeights, offline_env, run_train
+from .conftest import FAST, REPO, RecordWeights, offline_env, train_main
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
@@ -147,12 +147,12 @@ def test_not_learning_stop_stays_quiet_on_a_loss_that_moved_and_on_real_training
 
 
 @pytest.mark.slow
-def test_a_dead_run_ends_in_one_line_naming_the_cure(tmp_path, synthetic_root):
+def test_a_dead_run_ends_in_one_line_naming_the_cure(tmp_path, synthetic_root, monkeypatch):
     """A learning rate that kills every ReLU in the first steps: the run stops after its first epoch."""
     run_dir = tmp_path / "run"
-    result = run_train(f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", "callbacks=minimal", *FAST,
-                       "trainer.max_epochs=4", "optimizer.lr=1", "scheduler.warmup_epochs=0",
-                       "callbacks.not_learning.min_steps=10")
+    result = train_main(monkeypatch, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", "callbacks=minimal",
+                        *FAST, "trainer.max_epochs=4", "optimizer.lr=1", "scheduler.warmup_epochs=0",
+                        "callbacks.not_learning.min_steps=10")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].startswith("error: not learning: the training loss is 2."), result.stderr

@@ -13,15 +13,16 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnistlab.tools.report import collect, columns, markdown, rows
+from mnistlab.tools.report import main as report_main
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_in_process, run_train, train_main
 
 QUICK = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "callbacks=minimal"]
 
 
 def report(sweep_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistlab.tools.report", str(sweep_dir)], capture_output=True,
-                          text=True, timeout=120)
+    """`mnistlab-report SWEEP_DIR`, its main in process: the report reads the folder, not the process."""
+    return run_in_process(report_main, str(sweep_dir))
 
 
 @pytest.mark.slow
@@ -225,7 +226,7 @@ def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_th
 
 
 @pytest.mark.slow
-def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root):
+def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root, monkeypatch):
     sweep, late = tmp_path / "sweep", tmp_path / "late"  # job 1's data arrives after the first attempt
     command = ["-m", f"data.root={synthetic_root},{late}", f"hydra.sweep.dir={sweep}", *QUICK]
     first = run_train(*command)
@@ -234,7 +235,7 @@ def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(t
     late.symlink_to(synthetic_root)
     kept = files_and_times(sweep / "0")
 
-    other = run_train("-m", "seed=7,8", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
+    other = train_main(monkeypatch, "-m", "seed=7,8", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
     assert other.returncode == 2
     assert other.stderr.startswith(f"error: {sweep} holds the jobs of another sweep (0/ is a job of ")
     assert other.stderr.endswith(f"rerun that sweep's own command to continue it, give another hydra.sweep.dir, "

@@ -21,7 +21,7 @@ from mnistlab.idx import read_idx
 from mnistlab.models import SeedNet
 from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.tasks.classification import load_classifier
-from mnistlab.tools import evaluate, export, inspect_model, predict
+from mnistlab.tools import conv_basics, evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution
 from mnistlab.tools.inspect_model import layer_table
 from mnistlab.tools.predict import fit_to_frame
@@ -37,10 +37,14 @@ def tool(name: str, *args: str) -> subprocess.CompletedProcess:
     return run_in_process(TOOLS[name], *args)
 
 
-def console_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    """A console script of the installed package, as a user runs it."""
-    return subprocess.run([str(Path(sys.executable).with_name(name)), *args], cwd=REPO, env=offline_env(),
-                          capture_output=True, text=True, timeout=300)
+def console_scripts(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Console scripts of the installed package, as a user runs them; started together, so that their start-ups
+    (each imports torch) overlap."""
+    started = [(command, subprocess.Popen([str(Path(sys.executable).with_name(command[0])), *command[1:]], cwd=REPO,
+                                          env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True)) for command in commands]
+    outputs = [(command, process.communicate(timeout=300), process.returncode) for command, process in started]
+    return [subprocess.CompletedProcess(command, code, out, err) for command, (out, err), code in outputs]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -65,16 +69,17 @@ def test_console_scripts_take_hydra_overrides(trained, tmp_path):
     checkpoint, metrics = trained
     lightning_named = tmp_path / "epoch=1-step=38.ckpt"  # Lightning's own file names hold '=' in the value
     shutil.copy(checkpoint, lightning_named)
-    result = console_script("mnistlab-eval", f"ckpt_path={lightning_named}", "data=mnist", "accelerator=cpu")
+    result, typo, *helps = console_scripts(
+        ("mnistlab-eval", f"ckpt_path={lightning_named}", "data=mnist", "accelerator=cpu"),
+        ("mnistlab-eval", f"ckpt_path={checkpoint}", "acelerator=cpu"), *((name, "--help") for name in TOOLS))
     assert result.returncode == 0, result.stderr
     assert f"test/acc    {metrics['test/acc']:.4f}" in result.stdout
-    assert_one_line_error(console_script("mnistlab-eval", f"ckpt_path={checkpoint}", "acelerator=cpu"),
-                          "unknown key 'acelerator'", "did you mean accelerator?")
-    for name in TOOLS:
-        usage = console_script(name, "--help")
+    assert_one_line_error(typo, "unknown key 'acelerator'", "did you mean accelerator?")
+    usages = dict(zip(TOOLS, helps, strict=True))
+    for name, usage in usages.items():
         assert usage.returncode == 0 and usage.stdout.startswith(f"{name}:"), usage.stdout
-    assert "  data           fashion_mnist, kmnist, mnist" in console_script("mnistlab-eval", "--help").stdout
-    assert re.search(r"\n  \+experiment +amp, ", console_script("mnistlab-inspect", "--help").stdout)
+    assert "  data           fashion_mnist, kmnist, mnist" in usages["mnistlab-eval"].stdout
+    assert re.search(r"\n  \+experiment +amp, ", usages["mnistlab-inspect"].stdout)
 
 
 # --- mnistlab-inspect -----------------------------------------------------------------------------------------
@@ -141,8 +146,7 @@ def test_inspect_takes_train_overrides_and_rejects_bad_ones():
 @pytest.mark.slow
 def test_conv_basics_runs_the_seed_demos_on_a_real_image(tmp_path, synthetic_root):
     out = tmp_path / "figures"
-    result = subprocess.run([sys.executable, "scripts/conv_basics.py", "--data-root", str(synthetic_root),
-                             "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_in_process(conv_basics.main, "--data-root", str(synthetic_root), "--out", str(out))
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "output  [2, 1, 1]" in text  # conv1d: width 2 - 2 + 1
@@ -170,8 +174,7 @@ def test_conv_basics_math():
 
 @pytest.mark.slow
 def test_conv_basics_without_images_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/conv_basics.py", "--data-root", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = run_in_process(conv_basics.main, "--data-root", str(tmp_path))
     assert_one_line_error(result, str(tmp_path), "t10k-images-idx3-ubyte")
 
 

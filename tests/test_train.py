@@ -1,4 +1,5 @@
-"""End to end: the real `python train.py` and `mnistlab-train` in subprocesses, on synthetic IDX files."""
+"""End to end on synthetic IDX files: the real `python train.py` and `mnistlab-train` in subprocesses where what
+the process prints or installs is tested, train() and main() in process elsewhere."""
 
 import json
 import subprocess
@@ -13,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.tasks.classification import load_classifier
 
-from .conftest import FAST, REPO, offline_env, run_train
+from .conftest import FAST, REPO, offline_env, run_train, train_in_process, train_main
 
 
 @pytest.mark.slow
@@ -109,10 +110,9 @@ def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthet
     (here, the weights after epochs 0, 1 and 2) and puts the average into the model only when training ends:
     that is what is tested."""
     run_dir = tmp_path / "run"
-    result = run_train("+experiment=baseline", "callbacks=swa", f"data.root={synthetic_root}",
-                       f"hydra.run.dir={run_dir}", *FAST, "trainer.max_epochs=4", "callbacks.swa.swa_epoch_start=2",
-                       "callbacks.model_checkpoint.save_top_k=-1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_in_process(run_dir, "+experiment=baseline", "callbacks=swa", f"data.root={synthetic_root}", *FAST,
+                     "trainer.max_epochs=4", "callbacks.swa.swa_epoch_start=2",
+                     "callbacks.model_checkpoint.save_top_k=-1")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     swa = run_dir / "checkpoints" / "swa.ckpt"
     assert metrics["best_checkpoint"] == str(swa)
@@ -128,6 +128,7 @@ def test_swa_tests_and_saves_the_average_of_the_epochs_weights(tmp_path, synthet
     assert checkpoint_test_accuracy(swa) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
     empty = tmp_path / "empty"
     result = run_train(f"data.root={empty}", f"hydra.run.dir={tmp_path / 'run'}")
@@ -139,6 +140,7 @@ def test_missing_data_offline_ends_in_one_actionable_line(tmp_path):
     assert "the download failed" in last and "data.root=PATH" in last
 
 
+@pytest.mark.slow
 def test_console_script_finds_the_configs_from_any_folder(tmp_path):
     script = Path(sys.executable).with_name("mnistlab-train")
     assert script.is_file(), "install the package first: pip install -e '.[dev]'"
@@ -148,6 +150,7 @@ def test_console_script_finds_the_configs_from_any_folder(tmp_path):
     assert "name: baseline" in result.stdout and "_target_: mnistlab.models.SeedNet" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):
     """A plain (non-editable) install must find its configs inside the package, not in a checkout."""
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
@@ -167,22 +170,23 @@ def test_the_wheel_ships_the_configs_and_uses_them(tmp_path):
     assert "name: baseline" in result.stdout
 
 
-def test_a_corrupt_data_folder_ends_in_one_line_naming_the_file(tmp_path, synthetic_root):
+def test_a_corrupt_data_folder_ends_in_one_line_naming_the_file(tmp_path, synthetic_root, monkeypatch):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in synthetic_root.iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     images = broken / "t10k-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[: len(images.read_bytes()) // 2])  # cut off mid-stream
-    result = run_train(f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+    result = train_main(monkeypatch, f"data.root={broken}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read {images}: ")
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so trainer=gpu builds")
-def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root):
-    result = run_train("trainer=gpu", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}", *FAST)
+def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root, monkeypatch):
+    result = train_main(monkeypatch, "trainer=gpu", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                        *FAST)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: Error in call to target 'pytorch_lightning.trainer.trainer.Trainer': "
@@ -190,6 +194,7 @@ def test_a_trainer_the_machine_cannot_build_is_one_line(tmp_path, synthetic_root
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # compiling on a CPU takes minutes on a busy machine
 def test_compile_trains_the_compiled_network_and_saves_plain_checkpoints(tmp_path, synthetic_root):
     """compile=true on the CPU: the run completes with the default callbacks (the graph trace included), learns, and its
     checkpoint has the plain network's keys, so eval, predict, export and transfer load it unchanged."""
