@@ -154,3 +154,20 @@ def test_a_segmentation_run_is_timed_against_a_plain_loop_of_canvases(synthetic_
     assert "128 training canvases an epoch, composed per batch; validation on 32 fixed canvases" in result.stdout
     (row,) = json.loads(out.read_text())["batch_sweep"]
     assert row["steps"] == 4 and all(t > 0 for t in (row["a2_seconds"], row["b_seconds"]))  # 128 canvases // 32
+
+
+@pytest.mark.slow
+def test_whole_runs_time_train_py_and_the_plain_loop_in_fresh_processes(synthetic_root, capsys):
+    from mnistlab.tools.whole_runs import main as whole_runs
+
+    whole_runs(["--data", "mnist", "--data-root", str(synthetic_root), "--batch-sizes", "64", "--repeats", "1",
+                "--precision", "32-true", "data.val_size=200", "callbacks=minimal"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| batch | mnistlab epoch s | plain epoch s | ratio |")
+    batch, *figures = (cell.strip() for cell in table[4].strip("|").split("|"))
+    assert batch == "64" and len(figures) == 5
+    mnistlab_epoch, plain_epoch, ratio, mnistlab_run, plain_run = map(float, figures)
+    assert mnistlab_run > 0 and plain_run > 0 and math.isfinite(mnistlab_epoch) and math.isfinite(plain_epoch)
+    if mnistlab_epoch >= 0.1:  # the figures are printed to 0.01 s: the ratio of tiny epochs is only that exact
+        rounding = 0.005 * (1 + abs(ratio)) / mnistlab_epoch + 0.005
+        assert abs(ratio - plain_epoch / mnistlab_epoch) <= rounding
