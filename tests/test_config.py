@@ -117,3 +117,31 @@ def test_a_trainer_typo_is_one_line_from_train_py(tmp_path):
     assert result.stderr.strip() == ("error: unknown key trainer.max_epoch in 'trainer.max_epoch=3': did you mean "
                                      "trainer.max_epochs?")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml")))
+def test_a_scheduler_config_is_the_one_place_its_defaults_are_stated(option):
+    """A value the yaml sets and the function's signature sets too can disagree (warmup_min_steps did: 100 and 0)."""
+    import inspect
+
+    import yaml
+    from hydra.utils import get_method
+
+    settings = yaml.safe_load((CONFIG_DIR / "scheduler" / f"{option}.yaml").read_text())
+    parameters = inspect.signature(get_method(settings["_target_"])).parameters
+    stated_twice = [key for key in settings if not key.startswith("_")
+                    and parameters[key].default is not inspect.Parameter.empty]
+    assert stated_twice == []
+
+
+def test_the_not_learning_tolerance_has_one_rule_and_the_stop_takes_every_value_it_allows():
+    """The rules table allowed tolerance=0 and the stop refused it: every allowed value must build the stop."""
+    from mnistlab.callbacks import StopIfNotLearning
+    from mnistlab.validation import check_config
+
+    for allowed in (1e-6, 0.02, 0.999):
+        check_config(compose_run_config([f"callbacks.not_learning.tolerance={allowed}"]))
+        assert StopIfNotLearning(10, tolerance=allowed).tolerance == allowed
+    for refused in (0, 1, -0.1):
+        with pytest.raises(ConfigError, match=rf"^callbacks.not_learning.tolerance={refused} must be in \(0, 1\)$"):
+            check_config(compose_run_config([f"callbacks.not_learning.tolerance={refused}"]))

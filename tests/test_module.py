@@ -19,7 +19,8 @@ def fit(module, root, **trainer_args) -> pl.Trainer:
 
 
 def test_scheduler_steps_once_per_batch_over_the_whole_run(synthetic_root):
-    module = Classifier(MODEL, SGD, {"_target_": "mnistlab.schedules.cosine", "_partial_": True})
+    module = Classifier(MODEL, SGD, {"_target_": "mnistlab.schedules.cosine", "_partial_": True, "warmup_epochs": 0,
+                                      "warmup_start_factor": 0.01, "warmup_min_steps": 0})
     trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=5)
     schedule = trainer.lr_scheduler_configs[0]
     assert schedule.interval == "step" and schedule.scheduler.T_max == 10  # 2 epochs x 5 batches

@@ -57,7 +57,7 @@ def test_warmup_lasts_at_least_its_floor_in_steps_or_a_quarter_of_the_run(epochs
 
 def test_the_cosine_schedule_warms_up_over_the_floor():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    schedule = schedules.cosine(optimizer, 540, 18, warmup_epochs=0.5, warmup_min_steps=100)
+    schedule = schedules.cosine(optimizer, 540, 18, warmup_epochs=0.5, warmup_start_factor=0.01, warmup_min_steps=100)
     lrs = []
     for _ in range(101):
         lrs.append(optimizer.param_groups[0]["lr"])

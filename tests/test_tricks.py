@@ -106,6 +106,10 @@ def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
 
 # Learning-rate schedules -----------------------------------------------------------------------------------
 
+# The warmup settings of configs/scheduler/*.yaml, off: the schedules have no defaults of their own.
+NO_WARMUP = {"warmup_epochs": 0, "warmup_start_factor": 0.01, "warmup_min_steps": 0}
+
+
 def lrs_of(make, steps: int) -> list[float]:
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     schedule = make(optimizer)
@@ -120,7 +124,7 @@ def lrs_of(make, steps: int) -> list[float]:
 
 def test_cosine_with_warmup_follows_the_formula_at_chosen_steps():
     # 10 epochs of 10 steps; 2 epochs of warmup from 0.01 * lr, then cosine over the remaining 80 steps.
-    lrs = lrs_of(lambda o: schedules.cosine(o, 100, 10, warmup_epochs=2, warmup_start_factor=0.01), 100)
+    lrs = lrs_of(lambda o: schedules.cosine(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": 2}), 100)
     assert math.isclose(lrs[0], 0.1 * 0.01)                                       # warmup start
     assert math.isclose(lrs[10], 0.1 * (0.01 + 0.99 * 10 / 20))                   # half-way through warmup
     assert math.isclose(lrs[20], 0.1)                                             # end of warmup
@@ -131,22 +135,24 @@ def test_cosine_with_warmup_follows_the_formula_at_chosen_steps():
 
 def test_cosine_without_warmup_has_no_warmup_wrapper():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    assert type(schedules.cosine(optimizer, 100, 10)).__name__ == "CosineAnnealingLR"
-    lrs = lrs_of(lambda o: schedules.cosine(o, 100, 10), 100)
+    assert type(schedules.cosine(optimizer, 100, 10, **NO_WARMUP)).__name__ == "CosineAnnealingLR"
+    lrs = lrs_of(lambda o: schedules.cosine(o, 100, 10, **NO_WARMUP), 100)
     for t in (0, 25, 50, 100):
         assert math.isclose(lrs[t], 0.1 * (1 + math.cos(math.pi * t / 100)) / 2, abs_tol=1e-12)
 
 
 def test_step_and_multistep_and_constant_schedules():
-    lrs = lrs_of(lambda o: schedules.step(o, 100, 10, step_epochs=3, gamma=0.1), 100)
+    lrs = lrs_of(lambda o: schedules.step(o, 100, 10, step_epochs=3, gamma=0.1, **NO_WARMUP), 100)
     assert math.isclose(lrs[29], 0.1) and math.isclose(lrs[30], 0.01) and math.isclose(lrs[60], 0.001)
-    lrs = lrs_of(lambda o: schedules.multistep(o, 100, 10, milestones=(5, 8), gamma=0.5, warmup_epochs=1), 100)
+    lrs = lrs_of(lambda o: schedules.multistep(o, 100, 10, milestones=(5, 8), gamma=0.5,
+                                                      **{**NO_WARMUP, "warmup_epochs": 1}), 100)
     assert math.isclose(lrs[10], 0.1) and math.isclose(lrs[49], 0.1)
     assert math.isclose(lrs[50], 0.05) and math.isclose(lrs[80], 0.025) and math.isclose(lrs[100], 0.025)
-    assert lrs_of(lambda o: schedules.constant(o, 100, 10), 100) == [0.1] * 101  # no scheduler at all
+    assert lrs_of(lambda o: schedules.constant(o, 100, 10, **NO_WARMUP), 100) == [0.1] * 101  # no scheduler at all
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    assert schedules.constant(optimizer, 100, 10) is None
-    lrs = lrs_of(lambda o: schedules.constant(o, 100, 10, warmup_epochs=1, warmup_start_factor=0.1), 100)
+    assert schedules.constant(optimizer, 100, 10, **NO_WARMUP) is None
+    lrs = lrs_of(lambda o: schedules.constant(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": 1,
+                                                             "warmup_start_factor": 0.1}), 100)
     assert math.isclose(lrs[0], 0.01) and math.isclose(lrs[5], 0.1 * (0.1 + 0.9 * 0.5))
     assert all(math.isclose(lr, 0.1) for lr in lrs[10:])
 
@@ -158,9 +164,12 @@ def test_onecycle_rises_to_the_lr_then_anneals():
 
 
 @pytest.mark.parametrize(("make", "says"), [
-    (lambda o: schedules.cosine(o, 100, 10, warmup_epochs=10), "scheduler.warmup_epochs=10 is not shorter"),
-    (lambda o: schedules.constant(o, 100, 10, warmup_epochs=-1), "scheduler.warmup_epochs=-1 must be >= 0"),
-    (lambda o: schedules.onecycle(o, 100, 10, warmup_epochs=1), "onecycle has its own warmup"),
+    (lambda o: schedules.cosine(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": 10}),
+     "scheduler.warmup_epochs=10 is not shorter"),
+    (lambda o: schedules.constant(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": -1}),
+     "scheduler.warmup_epochs=-1 must be >= 0"),
+    (lambda o: schedules.onecycle(o, 100, 10, pct_start=0.25, div_factor=25, warmup_epochs=1),
+     "onecycle has its own warmup"),
 ])
 def test_impossible_schedules_are_config_errors(make, says):
     with pytest.raises(ConfigError, match=says):

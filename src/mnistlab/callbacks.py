@@ -99,8 +99,6 @@ class StopIfNotLearning(pl.Callback):
     """
 
     def __init__(self, num_classes: int, min_steps: int = 50, tolerance: float = 0.02):
-        if tolerance <= 0:
-            raise ConfigError(f"callbacks.not_learning.tolerance={tolerance} must be > 0")
         self.chance_loss = math.log(num_classes)
         self.min_steps, self.tolerance = min_steps, tolerance
         self.check_step = 0  # set when fitting starts

@@ -1,6 +1,7 @@
 """Learning-rate schedules (paper section 3.1 and 5.1), stepped once per batch, built from torch's schedulers.
 
-Each takes the optimizer, the run's total steps and steps per epoch, and an optional linear warmup: lr goes
+Each takes the optimizer, the run's total steps and steps per epoch, its settings (their defaults are the
+configs in configs/scheduler/, stated there only), and an optional linear warmup: lr goes
 from warmup_start_factor * lr to lr over warmup_epochs, then the schedule runs over the remaining steps.
 With warmup_epochs=0 there is no warmup wrapper at all.
 
@@ -48,8 +49,8 @@ def _with_warmup(optimizer: Optimizer, make_main, total_steps: int, steps_per_ep
     return SequentialLR(optimizer, [ramp, make_main(total_steps - warmup, warmup)], milestones=[warmup])
 
 
-def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, warmup_epochs: float = 0,
-             warmup_start_factor: float = 0.01, warmup_min_steps: int = 0) -> LRScheduler | None:
+def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, *, warmup_epochs: float,
+             warmup_start_factor: float, warmup_min_steps: int) -> LRScheduler | None:
     """The optimizer's lr throughout (after the warmup, if any); None when there is nothing to schedule."""
     if warmup_steps(warmup_epochs, total_steps, steps_per_epoch, warmup_min_steps) == 0:
         return None
@@ -57,18 +58,16 @@ def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, war
                         total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor, warmup_min_steps)
 
 
-def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, step_epochs: float = 3,
-         gamma: float = 0.1, warmup_epochs: float = 0, warmup_start_factor: float = 0.01,
-         warmup_min_steps: int = 0) -> LRScheduler:
+def step(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, *, step_epochs: float, gamma: float,
+         warmup_epochs: float, warmup_start_factor: float, warmup_min_steps: int) -> LRScheduler:
     """lr * gamma^k after every `step_epochs` epochs (counted from the end of the warmup)."""
     every = max(1, round(step_epochs * steps_per_epoch))
     return _with_warmup(optimizer, lambda steps, _: StepLR(optimizer, step_size=every, gamma=gamma),
                         total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor, warmup_min_steps)
 
 
-def multistep(optimizer: Optimizer, total_steps: int, steps_per_epoch: float,
-              milestones: tuple[float, ...] = (5, 8), gamma: float = 0.1, warmup_epochs: float = 0,
-              warmup_start_factor: float = 0.01, warmup_min_steps: int = 0) -> LRScheduler:
+def multistep(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, *, milestones: tuple[float, ...],
+              gamma: float, warmup_epochs: float, warmup_start_factor: float, warmup_min_steps: int) -> LRScheduler:
     """lr * gamma at each milestone, given in epochs from the start of the run."""
     def make(steps, offset):
         return MultiStepLR(optimizer, [round(m * steps_per_epoch) - offset for m in milestones], gamma=gamma)
@@ -77,15 +76,15 @@ def multistep(optimizer: Optimizer, total_steps: int, steps_per_epoch: float,
                         warmup_min_steps)
 
 
-def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, warmup_epochs: float = 0,
-           warmup_start_factor: float = 0.01, warmup_min_steps: int = 0) -> LRScheduler:
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, *, warmup_epochs: float,
+           warmup_start_factor: float, warmup_min_steps: int) -> LRScheduler:
     """The paper's cosine decay: lr_t = lr * (1 + cos(pi * t / T)) / 2 over the T steps after the warmup."""
     return _with_warmup(optimizer, lambda steps, _: CosineAnnealingLR(optimizer, T_max=steps),
                         total_steps, steps_per_epoch, warmup_epochs, warmup_start_factor, warmup_min_steps)
 
 
-def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, pct_start: float = 0.25,
-             div_factor: float = 25.0, warmup_epochs: float = 0) -> LRScheduler:
+def onecycle(optimizer: Optimizer, total_steps: int, steps_per_epoch: float, *, pct_start: float,
+             div_factor: float, warmup_epochs: float = 0) -> LRScheduler:
     """Smith's one-cycle: a cosine ramp from lr / div_factor up to lr over pct_start of the run, then a
     cosine anneal down to nearly zero. The ramp is its own warmup, so warmup_epochs must stay 0."""
     if warmup_epochs:

@@ -117,7 +117,7 @@ RULES = {
     "callbacks.model_checkpoint.mode": (one_of("max", "min"), "max or min"),
     "callbacks.progress_bar.refresh_rate": (integer(0), "an integer >= 0 (0: no progress bar)"),
     "callbacks.not_learning.min_steps": (integer(0), "an integer >= 0"),
-    "callbacks.not_learning.tolerance": (number(0, 1), "in [0, 1]"),
+    "callbacks.not_learning.tolerance": (number(0, 1, low_open=True, high_open=True), "in (0, 1)"),
     "callbacks.validation_analysis.calibration_bins": (integer(1), "an integer >= 1"),
     **{f"callbacks.{name}": (integer(0), "an integer >= 0 (0 = never)")
        for name in ("filters.every_n_epochs", "feature_maps.every_n_epochs", "histograms.every_n_epochs",
