@@ -250,3 +250,20 @@ def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(t
     assert not (sweep / "1" / "failure.json").exists()
     earlier = sweep / "1" / "earlier-attempts" / "1"
     assert str(late) in json.loads((earlier / "failure.json").read_text())["error"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_says_how_to_continue_it_and_the_rerun_does(tmp_path, synthetic_root):
+    sweep = tmp_path / "sweep"
+    command = ["-m", "seed=1,2", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *FAST, "callbacks=minimal",
+               "+callbacks.crash._target_=tests.crash.KillOnce", f"+callbacks.crash.marker={tmp_path / 'stopped'}",
+               "+callbacks.crash.job=1", "+callbacks.crash.ctrl_c=true"]
+    stopped = run_train(*command)
+    assert stopped.returncode != 0
+    last = sweep / "1" / "checkpoints" / "last.ckpt"
+    assert ("rerun the sweep's command into its folder (hydra.sweep.dir) to continue it: this job resumes from "
+            f"{last}") in stopped.stdout
+    rerun = run_train(*command)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Continuing the sweep in {sweep}: 1 finished, 1 resumed, 0 rerun, 0 to run" in rerun.stdout
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["epochs"] == 2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning_fabric.plugins import TorchCheckpointIO
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -111,7 +113,11 @@ class SaveOnInterrupt(pl.Callback):
         trainer.save_checkpoint(folder / INTERRUPTED)
         if trainer.is_global_zero:
             last = folder / LAST
-            resume = f"resume from {last} with ckpt_path=last" if last.is_file() else "no full epoch to resume from"
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                resume = ("rerun the sweep's command into its folder (hydra.sweep.dir) to continue it: this job "
+                          + (f"resumes from {last}" if last.is_file() else "runs again, with no full epoch done"))
+            else:
+                resume = f"resume from {last} with ckpt_path=last" if last.is_file() else "no full epoch to resume from"
             print(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
                   f"{folder / INTERRUPTED}; {resume}", flush=True)
 
