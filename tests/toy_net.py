@@ -1,4 +1,4 @@
-"""A network that only follows the contract (src/mnistlab/model.py): nothing in mnistlab names its layers."""
+"""A network that only follows the contract (src/mnistlab/models/contract.py): nothing in mnistlab names its layers."""
 
 from torch import nn
 

@@ -1,7 +1,7 @@
 """The training-step and optimizer tricks of He et al., "Bag of Tricks" (arXiv 1812.01187), one function each.
 
-Architecture tricks (BatchNorm, stride, kernel size, dilation) live in model.py, learning-rate schedules in
-schedules.py, weight averaging in Lightning's callbacks (configs/callbacks/).
+Architecture tricks (BatchNorm, stride, kernel size, dilation) live in the networks (models/), learning-rate
+schedules in schedules.py, weight averaging in Lightning's callbacks (configs/callbacks/).
 """
 
 from collections.abc import Callable
