@@ -267,3 +267,25 @@ def test_ctrl_c_in_a_sweep_says_how_to_continue_it_and_the_rerun_does(tmp_path, 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Continuing the sweep in {sweep}: 1 finished, 1 resumed, 0 rerun, 0 to run" in rerun.stdout
     assert json.loads((sweep / "1" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_the_plan_reads_each_job_folder_and_a_broken_file_never_counts_as_finished(tmp_path):
+    from mnistlab.sweep_plan import FINISHED, NEW, RERUN, RESUMED, finished_value, plan_sweep
+
+    jobs = [[f"seed={seed}"] for seed in range(6)]
+    for num, files in enumerate([{"metrics.json": '{"val/acc_best": 0.9}', ".hydra/config.yaml": "task: [unreadable"},
+                                 {"metrics.json": '{"val/acc_be'},  # cut off as it was written
+                                 {"checkpoints/last.ckpt": ""},
+                                 {"checkpoints/last.ckpt": "", "failure.json": "{}"},
+                                 {}]):
+        (tmp_path / str(num) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(num) / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n")
+        for name, text in files.items():
+            (tmp_path / str(num) / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / str(num) / name).write_text(text)
+    plan = plan_sweep(tmp_path, jobs, numbered=True)
+    assert plan.states == [FINISHED, RERUN, RESUMED, RERUN, RERUN, NEW]
+    assert plan.summary() == "1 finished, 1 resumed, 3 rerun, 1 to run"
+    assert finished_value(tmp_path / "0") == 0.9  # the classification task's metric when the config is unreadable
+    (job,) = [job for job in collect(tmp_path) if job.folder.name == "1"]
+    assert job.status == "unfinished" and job.metrics is None

@@ -6,7 +6,6 @@ same command finds its own jobs there: finished ones are kept as they are, inter
 `last.ckpt`, failed ones and those cut short before a checkpoint run again (what they left is kept in
 `earlier-attempts/N/`). A folder that holds a job this command does not run belongs to another sweep: one line."""
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from hydra.types import RunMode
 from mnistlab.checkpoints import LAST
 from mnistlab.config import as_typed
 from mnistlab.errors import ConfigError
+from mnistlab.tools.report import read_record
 
 EARLIER = "earlier-attempts"
 FINISHED, RESUMED, RERUN, NEW = "finished", "resumed", "rerun", "new"
@@ -45,7 +45,7 @@ class SweepPlan:
 
 
 def job_state(folder: Path) -> str:
-    if (folder / "metrics.json").is_file():
+    if read_record(folder / "metrics.json") is not None:
         return FINISHED
     if (folder / "checkpoints" / LAST).is_file() and not (folder / "failure.json").exists():
         return RESUMED
@@ -90,10 +90,15 @@ def set_aside(folder: Path) -> Path | None:
 
 
 def finished_value(folder: Path) -> float | None:
-    """What a finished job returned to the sweep: its task's best validation value, from its metrics.json."""
-    config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
-    best = ((config.get("task") or {}).get("metrics") or {}).get("best", "val/acc_best")
-    return json.loads((folder / "metrics.json").read_text()).get(best)
+    """What a finished job returned to the sweep: its task's best validation value, from its metrics.json (the
+    classification task's name where its saved config cannot be read)."""
+    try:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    task = (config.get("task") if isinstance(config, dict) else None) or {}
+    best = (task.get("metrics") or {}).get("best", "val/acc_best") if isinstance(task, dict) else "val/acc_best"
+    return read_record(folder / "metrics.json").get(best)
 
 
 def interrupted_job(run_dir: Path) -> str | None:

@@ -73,6 +73,16 @@ def short_number(value: str) -> str:
     return value if number.is_integer() and "e" not in value.lower() else f"{number:.4g}"
 
 
+def read_record(path: Path) -> dict | None:
+    """A job's metrics.json, failure.json or pruned.json; None where there is none, or one that cannot be read
+    (cut off as it was written): a job whose metrics.json is that is listed as unfinished."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def collect(sweep_dir: Path) -> list[Job]:
     """Every job folder of a Hydra sweep (those holding .hydra/overrides.yaml), in job order."""
     folders = sorted((p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")),
@@ -80,15 +90,15 @@ def collect(sweep_dir: Path) -> list[Job]:
     jobs = []
     for folder in folders:
         overrides = parse_overrides(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or [])
-        metrics_file, failure_file, pruned_file = (folder / name for name in ("metrics.json", "failure.json",
-                                                                              "pruned.json"))
-        if metrics_file.is_file():
-            jobs.append(Job(folder, overrides, json.loads(metrics_file.read_text()), None, "finished"))
-        elif pruned_file.is_file():
-            epoch = json.loads(pruned_file.read_text())["epoch"]
-            jobs.append(Job(folder, overrides, None, f"pruned by the Optuna pruner after epoch {epoch}", "pruned"))
-        elif failure_file.is_file():
-            jobs.append(Job(folder, overrides, None, json.loads(failure_file.read_text())["error"], "failed"))
+        metrics, failure, pruned = (read_record(folder / name) for name in ("metrics.json", "failure.json",
+                                                                             "pruned.json"))
+        if metrics is not None:
+            jobs.append(Job(folder, overrides, metrics, None, "finished"))
+        elif pruned is not None:
+            why = f"pruned by the Optuna pruner after epoch {pruned.get('epoch', '?')}"
+            jobs.append(Job(folder, overrides, None, why, "pruned"))
+        elif failure is not None:
+            jobs.append(Job(folder, overrides, None, str(failure.get("error", "failed")), "failed"))
         else:
             jobs.append(Job(folder, overrides, None, "no metrics.json: killed, or still running", "unfinished"))
     return jobs
