@@ -58,7 +58,8 @@ def plan_sweep(sweep_dir: Path, jobs: list[list[str]], numbered: bool) -> SweepP
     hydra.sweep.subdir), so a job's folder must also bear its number."""
     plan = SweepPlan([NEW] * len(jobs))
     number = {tuple(overrides): num for num, overrides in enumerate(jobs)}
-    for folder in sorted(path for path in sweep_dir.iterdir() if path.is_dir() and (path / ".hydra").is_dir()):
+    held = sweep_dir.iterdir() if sweep_dir.is_dir() else ()
+    for folder in sorted(path for path in held if path.is_dir() and (path / ".hydra").is_dir()):
         saved = folder / ".hydra" / "overrides.yaml"
         try:
             ran = tuple(yaml.safe_load(saved.read_text()) or ())

@@ -72,11 +72,12 @@ def earlier_run(tracking_uri: str, experiment: str | None, folder: Path) -> str 
     """The id of the newest MLflow run of `experiment` tagged with run folder `folder`, if any."""
     from mlflow.tracking import MlflowClient  # the mlflow extra: imported only by runs that log to MLflow
 
-    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment) if experiment else None
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment) if experiment else None
     if found is None or "'" in str(folder):  # a quote would end the filter's string
         return None
-    runs = MlflowClient(tracking_uri).search_runs([found.experiment_id], f"tags.run_folder = '{folder}'",
-                                                  order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([found.experiment_id], f"tags.run_folder = '{folder}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 

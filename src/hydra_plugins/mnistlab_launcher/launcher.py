@@ -53,9 +53,7 @@ class MnistlabLauncher(BasicLauncher):
         failure = {"status": "failed", "error": message, "overrides": overrides, "traceback": ""}
         (folder / "failure.json").write_text(json.dumps(failure, indent=2) + "\n")
         print(f"error: job {idx} failed, the sweep goes on: {message}", file=sys.stderr)
-        job = JobReturn(overrides=overrides, working_dir=str(folder), task_name="train", status=JobStatus.COMPLETED)
-        job.return_value = float("nan")
-        return job
+        return job_return(overrides, folder, float("nan"))
 
 
 class MnistlabSweeper(BasicSweeper):
@@ -64,7 +62,7 @@ class MnistlabSweeper(BasicSweeper):
         after a crash, a preemption or Ctrl-C): finished jobs are kept, the others resume or run again
         (mnistlab.sweep_plan), in any launcher; one line says which. Another sweep's folder is one line, and
         nothing is written there."""
-        from mnistlab.sweep_plan import RERUN, finished_value, plan_sweep, set_aside
+        from mnistlab.sweep_plan import FINISHED, RERUN, finished_value, plan_sweep, set_aside
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = [job for batch in self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]),
@@ -72,20 +70,20 @@ class MnistlabSweeper(BasicSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         numbered = OmegaConf.to_container(self.config.hydra.sweep)["subdir"] == "${hydra.job.num}"
         try:
-            plan = plan_sweep(sweep_dir, jobs, numbered) if sweep_dir.is_dir() else None
+            plan = plan_sweep(sweep_dir, jobs, numbered)
         except MnistlabError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if plan is None or not plan.continues():
-            return [self.launch_jobs(jobs, range(len(jobs)))]
-        log.info(f"Continuing the sweep in {sweep_dir}: {plan.summary()}")
-        for num in plan.to_run():
-            if plan.states[num] == RERUN:
+        if plan.continues():
+            log.info(f"Continuing the sweep in {sweep_dir}: {plan.summary()}")
+        returns = {}
+        for num, state in enumerate(plan.states):
+            if state == FINISHED:
+                returns[num] = job_return(jobs[num], plan.folders[num], finished_value(plan.folders[num]))
+            elif state == RERUN:
                 set_aside(plan.folders[num])
-        returns = {num: finished(jobs[num], plan.folders[num], finished_value(plan.folders[num]))
-                   for num, state in enumerate(plan.states) if num not in plan.to_run()}
         for start, stop in consecutive(plan.to_run()):
             returns |= dict(zip(range(start, stop), self.launch_jobs(jobs, range(start, stop)), strict=True))
         return [[returns[num] for num in range(len(jobs))]]
@@ -117,8 +115,9 @@ def consecutive(numbers: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def finished(overrides: list[str], folder: Path, value: float | None) -> JobReturn:
-    """A finished job kept as it is, as its launch returned it."""
+def job_return(overrides: list[str], folder: Path, value: float | None) -> JobReturn:
+    """What a job returns to the sweep without running here: one that did not compose (its value nan), or one that
+    finished in an earlier run of the sweep (kept as it is)."""
     job = JobReturn(overrides=overrides, working_dir=str(folder), task_name="train", status=JobStatus.COMPLETED)
     job.return_value = value
     return job
