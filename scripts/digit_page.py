@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from mnistlab.idx import read_idx
+from mnistlab.data.idx import read_idx
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnistlab.data import write_bundled_mnist  # noqa: E402
-from mnistlab.synthetic import write_synthetic_dataset  # noqa: E402
+from mnistlab.data.files import write_bundled_mnist  # noqa: E402
+from mnistlab.data.synthetic import write_synthetic_dataset  # noqa: E402
 from mnistlab.tools import benchmark  # noqa: E402
 
 # (name, dataset, experiment and settings, the test accuracy to reach); epochs sized for an H100 in the 8 minutes.

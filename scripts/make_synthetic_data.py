@@ -6,7 +6,7 @@
 
 import argparse
 
-from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.data.synthetic import write_synthetic_dataset
 
 
 def main() -> None:

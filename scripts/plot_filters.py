@@ -14,9 +14,9 @@ from torchvision.utils import save_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mnistlab.callbacks.views import backbone_convolutions, feature_map_grids, filter_grids
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.errors import MnistlabError
-from mnistlab.inspection import backbone_convolutions, feature_map_grids, filter_grids
 from mnistlab.tasks.classification import load_classifier
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from mnistlab.tools.report import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
 
-EMA = "+callbacks.ema._target_=mnistlab.callbacks.EMA"
+EMA = "+callbacks.ema._target_=mnistlab.callbacks.averaging.EMA"
 RECIPES = {  # name: the overrides of its jobs
     "baseline": ["+experiment=baseline", "callbacks=minimal"],
     "bag_of_tricks": ["+experiment=bag_of_tricks", "callbacks=minimal", EMA],

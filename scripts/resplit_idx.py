@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from mnistlab.idx import read_idx, write_idx
+from mnistlab.data.idx import read_idx, write_idx
 
 
 def main() -> None:

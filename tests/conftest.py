@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from mnistlab import train as train_module
 from mnistlab.config import compose_run_config
-from mnistlab.synthetic import write_synthetic_dataset
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""Digit canvases for segmentation (mnistlab.canvas): pixel labels follow the ink, later digits lie on top,
+"""Digit canvases for segmentation (mnistlab.data.canvas): pixel labels follow the ink, later digits lie on top,
 validation and test canvases are fixed per seed, bad settings are one line."""
 
 import pytest
 import torch
 
-from mnistlab.canvas import BACKGROUND, CanvasDataModule, compose, warp_together
-from mnistlab.data import RandomAffine
+from mnistlab.data.augment import RandomAffine
+from mnistlab.data.canvas import BACKGROUND, CanvasDataModule, compose, warp_together
 from mnistlab.errors import ConfigError
 
 INK, IGNORE = 128, 255

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides, unknown_choice
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
 from mnistlab.train import device_for_job
@@ -136,7 +136,7 @@ def test_a_scheduler_config_is_the_one_place_its_defaults_are_stated(option):
 
 def test_the_not_learning_tolerance_has_one_rule_and_the_stop_takes_every_value_it_allows():
     """The rules table allowed tolerance=0 and the stop refused it: every allowed value must build the stop."""
-    from mnistlab.callbacks import StopIfNotLearning
+    from mnistlab.callbacks.stops import StopIfNotLearning
     from mnistlab.validation import check_config
 
     for allowed in (1e-6, 0.02, 0.999):

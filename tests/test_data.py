@@ -3,10 +3,12 @@ import shutil
 import pytest
 import torch
 
-from mnistlab.data import MNISTDataModule, RandomAffine, RandomErasing, build_augment, find_idx_files
+from mnistlab.data.augment import RandomAffine, RandomErasing, build_augment
+from mnistlab.data.digits import MNISTDataModule
+from mnistlab.data.files import find_idx_files
+from mnistlab.data.idx import read_idx
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.idx import read_idx
-from mnistlab.synthetic import write_synthetic_dataset
 
 
 def make_module(root, **kwargs) -> MNISTDataModule:

@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, auto_steps_per_execution, grouped, resolve_steps_per_execution
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab import config, data
+from mnistlab import config
+from mnistlab.data import files
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.train import precheck
 
@@ -54,8 +56,8 @@ def test_a_failed_download_says_why_and_leaves_no_folders(tmp_path, monkeypatch)
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
                                "<urlopen error [Errno -2] Name or service not known>\n")
 
-    monkeypatch.setitem(data.TORCHVISION_DATASETS, "mnist", MNIST)
-    why = data.download(tmp_path / "datasets" / "mnist", "mnist")
+    monkeypatch.setitem(files.TORCHVISION_DATASETS, "mnist", MNIST)
+    why = files.download(tmp_path / "datasets" / "mnist", "mnist")
     assert why == ("Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -2] Name or service not "
                    "known>")
     assert list(tmp_path.iterdir()) == []
@@ -109,24 +111,24 @@ def test_the_first_command_trains_offline_on_the_bundled_digits_and_says_so(tmp_
 
 def test_online_the_default_run_downloads_mnist_and_never_falls_back(tmp_path, monkeypatch):
     """With a working download (a fake that writes the files torchvision would) the full data is used as before."""
-    from mnistlab.synthetic import write_synthetic_dataset
+    from mnistlab.data.synthetic import write_synthetic_dataset
 
     class MNIST:
         def __init__(self, root, train, download):
             write_synthetic_dataset(Path(root) / "MNIST" / "raw", n_train=300, n_test=50)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(data.TORCHVISION_DATASETS, "mnist", MNIST)
-    module = data.MNISTDataModule(val_size=100)
+    monkeypatch.setitem(files.TORCHVISION_DATASETS, "mnist", MNIST)
+    module = MNISTDataModule(val_size=100)
     module.prepare_data()
     module.setup()
     assert module.root == Path("data") and len(module.splits["train"][1]) == 200
-    assert not (tmp_path / "data" / data.BUNDLED_FOLDER).exists()
+    assert not (tmp_path / "data" / files.BUNDLED_FOLDER).exists()
 
 
 def test_a_data_root_the_user_gave_never_falls_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    module = data.MNISTDataModule(root=str(tmp_path / "mine"), download=False)
+    module = MNISTDataModule(root=str(tmp_path / "mine"), download=False)
     module.prepare_data()
     with pytest.raises(DataError, match="no mnist data in"):
         module.setup()
@@ -135,13 +137,13 @@ def test_a_data_root_the_user_gave_never_falls_back(tmp_path, monkeypatch):
 
 def test_files_of_another_dataset_are_named_in_one_warning(tmp_path, caplog):
     """The bundled MNIST digits under data=fashion_mnist: training would go on, on Fashion's statistics."""
-    digits = data.write_bundled_mnist(tmp_path / "digits")
-    fashion = data.MNISTDataModule(name="fashion_mnist", root=str(digits), mean=0.2860, std=0.3530, val_size=100)
-    with caplog.at_level("WARNING", logger="mnistlab.data"):
+    digits = files.write_bundled_mnist(tmp_path / "digits")
+    fashion = MNISTDataModule(name="fashion_mnist", root=str(digits), mean=0.2860, std=0.3530, val_size=100)
+    with caplog.at_level("WARNING", logger="mnistlab.data.digits"):
         fashion.setup()
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "mnistlab.data"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "mnistlab.data.digits"]
     assert warning.startswith(f"{digits / 'train-images-idx3-ubyte.gz'} looks like mnist, not fashion_mnist")
     assert "add data=mnist" in warning
     caplog.clear()
-    data.MNISTDataModule(root=str(digits), val_size=100).setup()
-    assert not [r for r in caplog.records if r.name == "mnistlab.data"]
+    MNISTDataModule(root=str(digits), val_size=100).setup()
+    assert not [r for r in caplog.records if r.name == "mnistlab.data.digits"]

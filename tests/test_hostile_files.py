@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY, load_datamodule, load_network, read_checkpoint
+from mnistlab.data.idx import read_idx, write_idx
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.idx import read_idx, write_idx
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.predict import read_grayscale
 
@@ -184,7 +184,7 @@ def test_tool_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_pat
 
 
 def test_an_empty_split_is_one_line_before_training(tmp_path):
-    from mnistlab.data import MNISTDataModule
+    from mnistlab.data.digits import MNISTDataModule
 
     root = tmp_path / "data"
     for prefix, count in (("train", 50), ("t10k", 0)):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision import datasets
 
-from mnistlab.data import BUNDLED
+from mnistlab.data.files import BUNDLED
+from mnistlab.data.idx import read_idx, write_idx
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import DataError
-from mnistlab.idx import read_idx, write_idx
-from mnistlab.synthetic import write_synthetic_dataset
 
 OFFICIAL_MNIST = BUNDLED  # MNIST's official test files, as bundled with mnistlab (src/mnistlab/bundled/README.md)
 

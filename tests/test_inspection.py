@@ -16,18 +16,17 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnistlab.config import compose_run_config
-from mnistlab.inspection import (
+from mnistlab.callbacks.views import (
     ValidationAnalysis,
     backbone_convolutions,
-    compared_settings,
     due,
     feature_map_grids,
     filter_grids,
-    flatten,
     mistakes_figure,
     tile_grid,
 )
+from mnistlab.config import compose_run_config
+from mnistlab.hparams import compared_settings, flatten
 from mnistlab.models import SeedNet
 
 from .conftest import FAST, run_script, train_in_process

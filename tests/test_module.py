@@ -3,7 +3,7 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.tasks.classification import Classifier
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab.data import write_bundled_mnist
+from mnistlab.data.files import write_bundled_mnist
 
 from .conftest import train_in_process
 

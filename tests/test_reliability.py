@@ -16,9 +16,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.checkpoints import AtomicCheckpointIO
+from mnistlab.callbacks.checkpointing import AtomicCheckpointIO
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError
-from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.train import precheck

@@ -8,9 +8,9 @@ import torch
 from hydra.errors import InstantiationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab.callbacks.views import feature_layers, filter_layers
 from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError
-from mnistlab.inspection import feature_layers, filter_layers
 from mnistlab.models import ResNet
 from mnistlab.models.resnet import BasicBlock, Bottleneck
 from mnistlab.tasks.classification import load_classifier

@@ -12,9 +12,9 @@ from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab.callbacks.views import colour_masks
 from mnistlab.config import compose_run_config, one_line
-from mnistlab.idx import read_idx
-from mnistlab.inspection import colour_masks
+from mnistlab.data.idx import read_idx
 from mnistlab.models import FCN
 from mnistlab.tools import evaluate, inspect_model, predict
 from mnistlab.tools.predict import ink_band_height

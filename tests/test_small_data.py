@@ -13,9 +13,10 @@ from PIL import Image
 from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
-from mnistlab.callbacks import EMA, StopIfNotLearning
+from mnistlab.callbacks.averaging import EMA
+from mnistlab.callbacks.stops import StopIfNotLearning
 from mnistlab.config import compose_run_config
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError, NotLearningError
 from mnistlab.tasks.classification import Classifier
 

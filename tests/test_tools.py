@@ -17,9 +17,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnistlab.checkpoints import load_datamodule
-from mnistlab.idx import read_idx
+from mnistlab.data.idx import read_idx
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.models import SeedNet
-from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools import conv_basics, evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
 from mnistlab.checkpoints import existing_checkpoint
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import SeedNet
 from mnistlab.tasks.classification import Classifier, load_classifier

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnistlab.checkpoints import LAST
+from mnistlab.callbacks.checkpointing import LAST
 from mnistlab.errors import ConfigError
 
 LOCK = ".lock"

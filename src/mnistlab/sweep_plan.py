@@ -14,7 +14,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from mnistlab.checkpoints import LAST
+from mnistlab.callbacks.checkpointing import LAST
 from mnistlab.config import as_typed
 from mnistlab.errors import ConfigError
 from mnistlab.tools.report import read_record

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
-from mnistlab.checkpoints import LAST
+from mnistlab.callbacks.checkpointing import LAST
 
 # MLflow's limits (mlflow.utils.validation): longer keys are refused, longer values cut.
 MAX_PARAM_KEY = 250

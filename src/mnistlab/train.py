@@ -23,7 +23,8 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from mnistlab.callbacks import NoProfiler, load_tested_weights, seconds_per_epoch
+from mnistlab.callbacks.averaging import load_tested_weights
+from mnistlab.callbacks.progress import NoProfiler, seconds_per_epoch
 from mnistlab.checkpoints import check_resumable, read_checkpoint
 from mnistlab.config import (
     CONFIG_DIR,
@@ -37,7 +38,7 @@ from mnistlab.config import (
 )
 from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.inspection import compared_settings, log_hparams
+from mnistlab.hparams import compared_settings, log_hparams
 from mnistlab.models.registry import build_network, register_config_networks
 from mnistlab.precision import fast_precision
 from mnistlab.run_folder import (

@@ -1,4 +1,4 @@
-"""Semantic segmentation of digit canvases (mnistlab.canvas): the classification task's plumbing (network,
+"""Semantic segmentation of digit canvases (mnistlab.data.canvas): the classification task's plumbing (network,
 optimizer and schedule, transfer, compile, channels_last) with a per-pixel loss and dataset-level IoU metrics."""
 
 import torch

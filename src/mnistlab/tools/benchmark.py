@@ -40,14 +40,14 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mnistlab.canvas import CanvasDataModule, compose
 from mnistlab.config import compose_run_config
-from mnistlab.data import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
+from mnistlab.data.canvas import CanvasDataModule, compose
+from mnistlab.data.files import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
+from mnistlab.data.idx import read_idx, write_idx
+from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import StepGroup, auto_steps_per_execution
-from mnistlab.idx import read_idx, write_idx
 from mnistlab.precision import bf16_support, cpu_model
-from mnistlab.synthetic import write_synthetic_dataset
 from mnistlab.train import build_run
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
@@ -421,7 +421,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     for name in ("a2", "a2k1", "b"):
         settings[name]["channels_last"] = bf16
 
-    source = str(args.data_root) if args.data_root else "synthetic (mnistlab.synthetic)"
+    source = str(args.data_root) if args.data_root else "synthetic (mnistlab.data.synthetic)"
     header = {"machine": machine(device), "versions": versions(),
               "data": {"source": source, "train_images": trained, "val_images": val_size,
                        **({"unit": "canvases", "val_canvases": len(datamodule.fixed["val"][1])}

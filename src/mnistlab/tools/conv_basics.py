@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab.data import SPLIT_FILES, find_idx_files
+from mnistlab.data.files import SPLIT_FILES, find_idx_files
+from mnistlab.data.idx import read_idx
 from mnistlab.errors import DataError
-from mnistlab.idx import read_idx
 
 # Rows of +1, 0, -1: bright above dark gives a strong response, i.e. horizontal edges.
 HORIZONTAL_EDGE = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])

@@ -25,10 +25,10 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnistlab.canvas import CanvasDataModule
 from mnistlab.checkpoints import load_datamodule
 from mnistlab.config import DATASET_KEYS
-from mnistlab.data import MNISTDataModule
+from mnistlab.data.canvas import CanvasDataModule
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.ensemble import Ensemble
 from mnistlab.tasks.classification import Classifier, load_classifier

@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from mnistlab.callbacks.views import colour_masks
 from mnistlab.checkpoints import is_segmentation, load_datamodule, load_network, read_checkpoint
 from mnistlab.errors import ConfigError
-from mnistlab.inspection import colour_masks
 from mnistlab.tools.cli import run_tool
 
 INVERT_CHOICES = ("auto", "true", "false")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab.idx import write_idx
+from mnistlab.data.idx import write_idx
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from mnistlab.data import DeviceBatches, MNISTDataModule, RandomAffine
+from mnistlab.data.augment import RandomAffine
+from mnistlab.data.batches import DeviceBatches
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 
 BACKGROUND = 0

@@ -1,0 +1,2 @@
+"""The data modules and what they share: IDX files, batches cut on the device, augmentation, digits on canvases,
+synthetic data for tests."""
