@@ -15,9 +15,8 @@ from torchvision.utils import save_image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mnistlab.callbacks.views import backbone_convolutions, feature_map_grids, filter_grids
-from mnistlab.checkpoints import load_datamodule
 from mnistlab.errors import MnistlabError
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_datamodule, load_task
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     parser.add_argument("--zoom", type=int, default=8, help="pixels per weight / activation")
     args = parser.parse_args()
     try:
-        net = load_classifier(args.checkpoint, "checkpoint").net
+        net = load_task(args.checkpoint, "checkpoint").net
         overrides = {"data.root": args.data_root, "data.name": args.dataset}
         data = load_datamodule(args.checkpoint, {key: value for key, value in overrides.items() if value})
         data.setup()

@@ -67,7 +67,8 @@ def test_all_variants_report(synthetic_root, tmp_path):
     report = json.loads(out.read_text())
     assert set(report) == {"machine", "versions", "data", "method", "settings", "results", "ratios"}
     assert set(report["results"]) == set(VARIANTS) and set(report["ratios"]) == {"a/c", "a2/b"}
-    assert report["data"] == {"source": str(synthetic_root), "train_images": 400, "val_images": 200}
+    assert report["data"] == {"source": str(synthetic_root), "train_images": 400, "val_images": 200,
+                              "epoch": "400 training images, 200 validation"}
     for result in report["results"].values():
         assert len(result["epoch_seconds"]) == 1 and 0 < result["train_images"] <= 400
         assert result["peak_memory_bytes"] > 0 and math.isfinite(result["train_images_per_second"])

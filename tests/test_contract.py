@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_task
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.tools.export import export
 from mnistlab.tools.inspect_model import main as inspect_main
@@ -44,7 +44,7 @@ def test_a_contract_network_trains_and_shows_its_backbone_in_tensorboard(toy_run
 @pytest.mark.slow
 def test_the_tools_take_a_contract_network(toy_run, tmp_path, capsys):
     checkpoint = toy_run["best_checkpoint"]
-    assert type(load_classifier(checkpoint, "ckpt_path").net).__name__ == "ToyNet"
+    assert type(load_task(checkpoint, "ckpt_path").net).__name__ == "ToyNet"
     evaluated = evaluate(checkpoint, {}, "cpu", "32-true")
     assert evaluated["test/acc"] == pytest.approx(toy_run["test/acc"], abs=2e-3)
 
@@ -60,17 +60,17 @@ def test_the_tools_take_a_contract_network(toy_run, tmp_path, capsys):
     inspect_main([*TOY, "batch_size=2"])
     table = capsys.readouterr().out
     assert table.startswith("ToyNet (") and "[2, 6, 28, 28]" in table and "[2, 10]" in table
-    assert f"{sum(p.numel() for p in load_classifier(checkpoint, 'ckpt_path').net.parameters()):,}" in table
+    assert f"{sum(p.numel() for p in load_task(checkpoint, 'ckpt_path').net.parameters()):,}" in table
 
 
 @pytest.mark.slow
 def test_transfer_and_distillation_take_a_contract_network(toy_run, tmp_path, synthetic_root):
     checkpoint = toy_run["best_checkpoint"]
     # Transfer: the toy's backbone into a toy with another head size; the head's last layer starts fresh.
-    source = load_classifier(checkpoint, "ckpt_path").net
+    source = load_task(checkpoint, "ckpt_path").net
     transferred = run(tmp_path, "transfer", f"data.root={synthetic_root}", *TOY, "callbacks=minimal",
                       f"tricks.init_from={checkpoint}", "tricks.freeze_conv=true", "data.num_classes=12")
-    target = load_classifier(transferred["best_checkpoint"], "ckpt_path").net
+    target = load_task(transferred["best_checkpoint"], "ckpt_path").net
     assert torch.equal(target.backbone[0].weight, source.backbone[0].weight)  # frozen: unchanged by training
     assert target.head[-1].out_features == 12
     # Distillation: the toy as the seed network's teacher.

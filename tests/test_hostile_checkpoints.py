@@ -125,13 +125,13 @@ def hostile_networks(tmp_path) -> tuple[dict[str, Path], Path]:
 
 def test_a_checkpoint_names_nothing_but_registered_networks_at_any_entry_point(hostile_networks, tmp_path,
                                                                                monkeypatch):
-    from mnistlab.checkpoints import load_datamodule, load_network, load_teacher
-    from mnistlab.tasks.classification import load_classifier
+    from mnistlab.checkpoints import load_network, load_teacher
+    from mnistlab.tasks.registry import load_datamodule, load_task
     from mnistlab.tricks import transfer_weights
 
     paths, marker = hostile_networks
     monkeypatch.chdir(tmp_path)
-    loaders = {"load_classifier": lambda p: load_classifier(p, "ckpt_path"),
+    loaders = {"load_task": lambda p: load_task(p, "ckpt_path"),
                "load_network": lambda p: load_network(p, "ckpt_path"),
                "load_datamodule": lambda p: load_datamodule(p, {}),
                "load_teacher": lambda p: load_teacher(str(p), 10),

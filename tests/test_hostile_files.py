@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY, load_datamodule, load_network, read_checkpoint
+from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY, load_network, read_checkpoint
 from mnistlab.data.idx import read_idx, write_idx
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.tasks.classification import load_classifier
-from mnistlab.tools.predict import read_grayscale
+from mnistlab.image_files import read_grayscale
+from mnistlab.tasks.registry import load_datamodule, load_task
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
 
@@ -130,7 +130,7 @@ def bad_checkpoints() -> list[tuple[str, dict]]:
 
 LOADERS = {"read_checkpoint": lambda p: read_checkpoint(p, "ckpt_path"),
            "load_network": lambda p: load_network(p, "ckpt_path"),
-           "load_classifier": lambda p: load_classifier(p, "ckpt_path"),
+           "load_task": lambda p: load_task(p, "ckpt_path"),
            "load_datamodule": lambda p: load_datamodule(p, {})}
 
 

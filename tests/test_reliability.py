@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnistlab.callbacks.checkpointing import AtomicCheckpointIO
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_task
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.train import precheck
 
@@ -180,7 +180,7 @@ def test_ctrl_c_stops_cleanly_and_saves_a_checkpoint(larger_root, tmp_path):
     assert process.returncode == 1 and "Traceback" not in stderr
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     assert f"saved {interrupted}; resume from {run_dir / 'checkpoints' / 'last.ckpt'}" in stdout
-    assert load_classifier(interrupted, "ckpt_path").hparams.model["num_classes"] == 10
+    assert load_task(interrupted, "ckpt_path").hparams.model["num_classes"] == 10
     assert not (run_dir / "metrics.json").exists()
 
 

@@ -13,7 +13,7 @@ from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError
 from mnistlab.models import ResNet
 from mnistlab.models.resnet import BasicBlock, Bottleneck
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_task
 from mnistlab.tools.evaluate import evaluate
 from mnistlab.tools.export import export
 from mnistlab.tools.inspect_model import layer_table
@@ -169,7 +169,7 @@ def test_the_tweaked_resnet_trains_with_the_tricks_and_shows_its_stages(resnet_r
 @pytest.mark.slow
 def test_resnet_checkpoints_evaluate_export_transfer_and_teach(resnet_run, tmp_path, synthetic_root):
     checkpoint = resnet_run["best_checkpoint"]
-    assert type(load_classifier(checkpoint, "ckpt_path").net).__name__ == "ResNet"
+    assert type(load_task(checkpoint, "ckpt_path").net).__name__ == "ResNet"
     assert evaluate(checkpoint, {}, "cpu", "32-true")["test/acc"] == pytest.approx(resnet_run["test/acc"], abs=2e-3)
     for row in export(checkpoint, ["torchscript", "torch_export"], str(tmp_path)):
         assert row["max_abs_diff"] < 1e-4, row
@@ -177,7 +177,7 @@ def test_resnet_checkpoints_evaluate_export_transfer_and_teach(resnet_run, tmp_p
     transferred = train_in_process(tmp_path / "transfer", f"data.root={synthetic_root}", *FAST,
                                    "+experiment=resnet_bag_of_tricks", *OTHER_TWEAKS, *small,
                                    f"tricks.init_from={checkpoint}", "tricks.freeze_conv=true")
-    source, target = (load_classifier(path, "ckpt_path").net
+    source, target = (load_task(path, "ckpt_path").net
                       for path in (checkpoint, transferred["best_checkpoint"]))
     assert torch.equal(source.backbone.stem.conv1.weight, target.backbone.stem.conv1.weight)
     # (Hydra wraps what the task raises while it is built; train.py prints the cause as one line.)

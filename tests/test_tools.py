@@ -16,15 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistlab.checkpoints import load_datamodule
 from mnistlab.data.idx import read_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
+from mnistlab.image_files import fit_to_frame
 from mnistlab.models import SeedNet
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_datamodule, load_task
 from mnistlab.tools import conv_basics, evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution
 from mnistlab.tools.inspect_model import layer_table
-from mnistlab.tools.predict import fit_to_frame
 
 from .conftest import FAST, REPO, offline_env, run_in_process, train_in_process
 
@@ -235,7 +234,7 @@ def test_eval_scores_a_list_of_checkpoints_as_their_ensemble(trained, tmp_path):
     result = tool("mnistlab-eval", f"ckpt_path=[{checkpoint},{other}]", "precision=32-true", f"json={out}")
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(out.read_text())
-    members = [load_classifier(path, "ckpt_path").eval() for path in (checkpoint, other)]
+    members = [load_task(path, "ckpt_path").eval() for path in (checkpoint, other)]
     data = load_datamodule(checkpoint, {})
     data.setup("test")
     x, y = (torch.cat(parts) for parts in zip(*data.test_dataloader(), strict=True))
@@ -337,7 +336,7 @@ def test_export_round_trips_every_format(trained, tmp_path):
     assert len(result.stdout.strip().splitlines()) == 3
     import onnxruntime
 
-    module, data = load_classifier(checkpoint, "ckpt_path").eval(), load_datamodule(checkpoint, {})
+    module, data = load_task(checkpoint, "ckpt_path").eval(), load_datamodule(checkpoint, {})
     pixels = torch.rand(5, 1, 28, 28)  # a batch size other than the one traced
     with torch.no_grad():
         expected = module(data.normalize(pixels * 255))

@@ -11,8 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.checkpoints import load_datamodule
-from mnistlab.tasks.classification import load_classifier
+from mnistlab.tasks.registry import load_datamodule, load_task
 
 from .conftest import FAST, REPO, offline_env, run_train, train_in_process, train_main
 
@@ -62,7 +61,7 @@ def test_train_py_with_an_experiment_fits_tests_and_writes_metrics(tmp_path, syn
 
 def checkpoint_test_accuracy(checkpoint: Path) -> float:
     """A checkpoint's accuracy on its own test set, computed here in fp32, apart from the run that saved it."""
-    module = load_classifier(checkpoint, "ckpt_path").eval()
+    module = load_task(checkpoint, "ckpt_path").eval()
     data = load_datamodule(checkpoint, {})
     data.setup("test")
     with torch.no_grad():

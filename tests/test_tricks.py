@@ -13,7 +13,8 @@ from mnistlab.checkpoints import existing_checkpoint
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import SeedNet
-from mnistlab.tasks.classification import Classifier, load_classifier
+from mnistlab.tasks.classification import Classifier
+from mnistlab.tasks.registry import load_task
 
 from .conftest import RecordWeights
 
@@ -315,7 +316,7 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
     paths = [save_checkpoint(Classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
              for i, bn in enumerate((True, False))]
     student = Classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
-    members = [load_classifier(path, "test").net.eval() for path in paths]
+    members = [load_task(path, "test").net.eval() for path in paths]
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         expected = (members[0](x) + members[1](x)) / 2
@@ -387,7 +388,7 @@ def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_sour
              for name, module in (("student", student), ("transferred", transferred))]
     (tmp_path / "earlier.ckpt").unlink()  # tools, and teachers, need only the checkpoint's own weights
     for module, path in zip((student, transferred), paths, strict=True):
-        loaded = load_classifier(path, "ckpt_path")
+        loaded = load_task(path, "ckpt_path")
         assert loaded.teacher is None
         assert all(torch.equal(loaded.net.state_dict()[k], v) for k, v in module.net.state_dict().items())
 

@@ -1,17 +1,14 @@
 """Reading checkpoints back, safely: for the tools, a teacher, a transfer, a resumed run. A missing, corrupt,
 unsafe or foreign file is one line naming the setting that pointed at it."""
 
-import inspect
 import pickle
 import re
 import zipfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from mnistlab import __version__
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.ensemble import Ensemble
 from mnistlab.models.registry import build_network, check_network_config
@@ -167,52 +164,6 @@ def unreadable_reason(err: Exception) -> str:
     if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:  # garbage, cut short
         return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
     return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
-
-
-def is_segmentation(saved: dict) -> bool:
-    """Whether a checkpoint's contents are a segmentation run's (its data module made canvases)."""
-    return "canvas_size" in (saved.get("datamodule_hyper_parameters") or {})
-
-
-def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNISTDataModule:
-    """The data a checkpoint was trained on (its data module's settings are saved in it: digits, or canvases of
-    them for segmentation), with `data.KEY=VALUE` overrides on top: another folder (`data.root`) or another
-    dataset of the same format (`data.name`, `.mean`, `.std`). Downloading stays off unless
-    `data.download=true`."""
-    from mnistlab.data.canvas import CanvasDataModule
-
-    path = existing_checkpoint(checkpoint, "ckpt_path")
-    contents = read_checkpoint(path, "ckpt_path")
-    saved = contents.get("datamodule_hyper_parameters")
-    run_config = path.resolve().parents[1] / ".hydra" / "config.yaml"  # older checkpoints: the run's config
-    if saved is None and run_config.is_file():
-        data = OmegaConf.load(run_config).data
-        saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
-                 for key in data if key != "_target_"}
-    kinds = (MNISTDataModule, CanvasDataModule) if is_segmentation(contents) else (MNISTDataModule,)
-    defaults = {name: p.default for kind in kinds for name, p in inspect.signature(kind).parameters.items()
-                if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    settings = {**defaults, **(saved or {}), "download": False}
-    for key, value in overrides.items():
-        name = key.removeprefix("data.")
-        if name not in defaults or name in ("augment", "recipe_augment"):
-            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
-            raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
-        settings[name] = setting_value(key, value, defaults[name])
-    return kinds[-1](**settings)
-
-
-def setting_value(key: str, value: object, default: object) -> object:
-    """`value` as the type of the setting's default (a command line's `data.val_size=1000` or `"1000"`)."""
-    if value is None or default is None or isinstance(default, str):
-        return value
-    kind = type(default)
-    if (kind is bool and not isinstance(value, bool)) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{key}={value}: takes {kind.__name__} values")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value}: takes {kind.__name__} values") from None
 
 
 def load_teacher(checkpoints: str | list[str], num_classes: int) -> torch.nn.Module:

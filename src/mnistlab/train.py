@@ -54,6 +54,7 @@ from mnistlab.run_folder import (
 )
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.sweep_plan import interrupted_job
+from mnistlab.tasks.registry import register_config_task
 from mnistlab.tracking import failed_on_error, record_run, tracker_lines
 from mnistlab.validation import check_config
 
@@ -89,9 +90,12 @@ def checkpoint_without_validation(callback: DictConfig, val_size: int | None) ->
 def build_task(cfg: DictConfig) -> pl.LightningModule:
     """The task's LightningModule (config group `task`, its `metrics` aside) given the model, optimizer,
     scheduler and tricks; unbuilt configs, so that its checkpoint can rebuild the network alone."""
-    parts = OmegaConf.to_container(cfg, resolve=True)
-    register_config_networks(parts["model"])  # the user's own config may name any network; a checkpoint may not
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in ("model", "task", "optimizer", "scheduler", "tricks")}
+    # The user's own config may name any network and task; a checkpoint may not.
+    register_config_networks(parts["model"])
     task = {key: value for key, value in parts["task"].items() if key != "metrics"}
+    register_config_task(task)
     return instantiate(task, model=parts["model"], optimizer=parts["optimizer"], scheduler=parts["scheduler"],
                        **parts["tricks"], _recursive_=False, _convert_="all")
 
@@ -151,7 +155,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_from is None and (resume_from := interrupted_job(run_dir)) is not None:
         log.info(f"resuming this job from {resume_from}")
 
-    parts = OmegaConf.to_container(cfg, resolve=True)
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+             for key in ("model", "task", "optimizer", "scheduler", "tricks")}
     trial = trial_number()
     pruning = None if trial is None else OptunaPruning(open_trial(trial), cfg.task.metrics.monitor)
     datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))

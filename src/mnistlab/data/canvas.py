@@ -104,6 +104,8 @@ class CanvasDataModule(MNISTDataModule):
     """MNISTDataModule's digits (and its splits, folders and checks), served as labelled canvases: `num_classes`
     digit classes, and the background, class 0."""
 
+    ITEMS = "canvases"
+
     def __init__(self, canvas_size: int = 64, min_digits: int = 1, max_digits: int = 3, ink_threshold: int = 128,
                  ignore_index: int = 255, train_canvases: int = 20000, val_canvases: int = 1000,
                  test_canvases: int = 2000, num_classes: int = 10, **digits):
@@ -173,3 +175,20 @@ class CanvasDataModule(MNISTDataModule):
 
     def test_dataloader(self) -> DeviceBatches:
         return self._fixed_batches("test")
+
+    def training_items(self) -> int:
+        return self.canvases["train"]
+
+    def epoch_description(self) -> str:
+        return (f"{self.training_items()} training canvases an epoch, composed per batch; validation on "
+                f"{len(self.fixed['val'][1]) if 'val' in self.fixed else 0} fixed canvases")
+
+    def plain_batches(self, batch_size: int):
+        """One epoch's training canvases, composed per batch as the training loader composes them (unaugmented)."""
+        images, labels = self.splits["train"]
+        for _ in range(self.canvases["train"] // batch_size):
+            yield compose(images, labels, batch_size, self.canvas_size, self.min_digits, self.max_digits,
+                          self.ink_threshold, self.ignore_index)
+
+    def plain_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fixed["val"]

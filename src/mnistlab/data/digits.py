@@ -38,6 +38,8 @@ class MNISTDataModule(pl.LightningDataModule):
     validation (the same slice whatever the seed; 0: none, every image trains), the first `train_size` of the
     rest (None: all of them) as training, everything moved once to the device."""
 
+    ITEMS = "images"  # what one training example is, in reports
+
     def __init__(self, name: str = "mnist", root: str = DEFAULT_ROOT, download: bool = True, val_size: int = 5000,
                  train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
                  mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
@@ -177,3 +179,26 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    # A plain training loop's data (mnistlab-bench's floor): uint8 batches on the device, no Lightning.
+
+    def training_items(self) -> int:
+        """Training examples an epoch."""
+        return len(self.splits["train"][1])
+
+    def epoch_description(self) -> str:
+        val = len(self.splits["val"][1]) if "val" in self.splits else 0
+        return f"{self.training_items()} training images, {val} validation"
+
+    def plain_batches(self, batch_size: int):
+        """One epoch's training batches (uint8 images, labels) in a fresh random order, the last partial batch
+        dropped as the training loader drops it."""
+        images, labels = self.splits["train"]
+        order = torch.randperm(len(labels), device=labels.device)
+        for step in range(len(labels) // batch_size):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            yield images[index], labels[index]
+
+    def plain_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation examples (uint8) and their labels."""
+        return self.splits["val"]

@@ -1,6 +1,17 @@
-"""The LightningModule: the network built from its config, the loss with its tricks, metrics, optimizer."""
+"""Classification, and the task contract every mnistlab task follows (`Classifier` is the base of them all): the
+network built from its config, the loss with its tricks, metrics, optimizer, and what the tools ask a task.
 
-from pathlib import Path
+The contract, so that no code outside tasks/ branches on a task's kind:
+- `DATA_MODULE`: the data module it trains on (its config group sets `data._target_` to it or a subclass);
+- `recognises(saved)`: whether a checkpoint that names no task is one of this task's (checkpoints name their task
+  and data module: `on_save_checkpoint`);
+- `loss(logits, labels)` and `answer_counts(logits, labels)`: its plain criterion and its right answers, what a
+  plain training loop (mnistlab-bench's floor) needs;
+- `check_data(data, what)`, `evaluation(trainer, data, results)`, `evaluation_rows(metrics)` and `ENSEMBLES`:
+  what mnistlab-eval checks, reports and prints;
+- `predict_images(data, paths, settings)`: mnistlab-predict's answer for image files, each row with its `answer`.
+"""
+
 
 import pytorch_lightning as pl
 import torch
@@ -10,18 +21,12 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnistlab import __version__, tricks
-from mnistlab.checkpoints import (
-    CHECKPOINT_FORMAT,
-    MNISTLAB_KEY,
-    existing_checkpoint,
-    is_segmentation,
-    load_teacher,
-    read_checkpoint,
-    unreadable_reason,
-)
+from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY, load_teacher
+from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, StepHooks, optimizer_steps_per_epoch
-from mnistlab.models.registry import build_network
+from mnistlab.image_files import FIT_CHOICES, INK_SHARE, prepare
+from mnistlab.models.registry import build_network, class_name
 from mnistlab.validation import check_values
 
 
@@ -30,11 +35,13 @@ class Classifier(pl.LightningModule):
     the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the run's length).
 
     The remaining arguments are the bag-of-tricks switches, all off by default (configs/train.yaml `tricks`).
-    Everything is saved in the checkpoint, so `load_classifier(path)` rebuilds the exact network without the
-    run's config files (and without the run's teacher or transfer source).
+    Everything is saved in the checkpoint, so `mnistlab.tasks.registry.load_task(path)` rebuilds the exact network
+    without the run's config files (and without the run's teacher or transfer source).
     """
 
     TRAIN_ACCURACY = "train/acc"
+    DATA_MODULE = MNISTDataModule
+    ENSEMBLES = True  # mnistlab-eval scores several checkpoints as the mean of their logits
 
     def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, label_smoothing: float = 0.0,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
@@ -101,7 +108,9 @@ class Classifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None:  # mnistlab-eval tests at the precision the run trained at
             checkpoint["precision"] = self._trainer.precision
-        checkpoint[MNISTLAB_KEY] = {"version": __version__, "format": CHECKPOINT_FORMAT}
+        data = self._trainer.datamodule if self._trainer is not None else None
+        checkpoint[MNISTLAB_KEY] = {"version": __version__, "format": CHECKPOINT_FORMAT, "task": class_name(type(self)),
+                                    **({"data": class_name(type(data))} if data is not None else {})}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_precision = checkpoint.get("precision", "32-true")  # for mnistlab-eval
@@ -235,21 +244,64 @@ class Classifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
-    """A trained Classifier (on the CPU) from a mnistlab checkpoint, a Segmenter (its subclass) from a segmentation
-    run's; `what` names the setting that pointed at it. Missing, corrupt and mismatched files end in one
-    ConfigError line. Its hparams read no teacher and no transfer source: the saved weights already hold what
-    they gave."""
-    path = existing_checkpoint(checkpoint, what)
-    kind = Classifier
-    if is_segmentation(read_checkpoint(path, what)):  # safe, and mnistlab's: else one line naming what is wrong
-        from mnistlab.tasks.segmentation import Segmenter  # it builds on this module
+    # What the tools ask a task (see the module's docstring).
 
-        kind = Segmenter
-    try:
-        # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
-        # needed (they may be gone).
-        return kind.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
-                                         freeze_conv=False)
-    except Exception as err:
-        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+    @classmethod
+    def recognises(cls, saved: dict) -> bool:
+        """Every checkpoint that names no task and that no more specific task recognises is a classifier's."""
+        return True
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The plain criterion, without the tricks of training_loss."""
+        return F.cross_entropy(logits, labels)
+
+    def check_data(self, data: MNISTDataModule, what: str) -> None:
+        """The data must have the image shape and class count the network was built for."""
+        channels, size, _ = self.net.input_shape
+        wants = (channels, size, self.net.num_classes)
+        has = (data.hparams.in_channels, data.image_size, data.num_classes)
+        if wants != has:
+            raise ConfigError(f"{what}: the network takes {wants[0]}x{wants[1]}x{wants[1]} images and predicts "
+                              f"{wants[2]} classes, but the data ({data.name}) has {has[0]}x{has[1]}x{has[1]} images "
+                              f"and {has[2]} classes")
+
+    def evaluation(self, trainer: pl.Trainer, data: MNISTDataModule, results: dict) -> dict:
+        """mnistlab-eval's figures from Lightning's test results: accuracy, loss, and the accuracy per class."""
+        per_class = MulticlassAccuracy(num_classes=data.num_classes, average=None).to(self.device)
+        self.eval()
+        with torch.no_grad(), trainer.strategy.precision_plugin.forward_context():
+            for x, y in data.test_dataloader():
+                per_class.update(self(x), y)
+        return {"test/acc": results["test/acc"], "test/loss": results["test/loss"],
+                "images": len(data.splits["test"][1]),
+                "per_class_acc": dict(zip(data.class_names, per_class.compute().tolist(), strict=True))}
+
+    @staticmethod
+    def evaluation_rows(metrics: dict) -> list[tuple[str, str]]:
+        """(label, value) rows of mnistlab-eval's report of `evaluation`'s figures."""
+        return [("test set", f"{metrics['images']} images of {metrics['dataset']} in {metrics['root']}, "
+                             f"{metrics['precision']}"),
+                ("test/acc", f"{metrics['test/acc']:.4f}"),
+                ("test/loss", f"{metrics['test/loss']:.4f}"),
+                ("per class", "  ".join(f"{name} {acc:.3f}" for name, acc in metrics["per_class_acc"].items()))]
+
+    def predict_images(self, data: MNISTDataModule, paths: list[str], settings) -> list[dict]:
+        """For each image file: its top `settings.top` classes with probabilities, each image framed as the dataset
+        frames its images (`settings.fit`)."""
+        fit, top = settings.fit, settings.top
+        if fit not in FIT_CHOICES:
+            raise ConfigError(f"fit={fit}: choose one of {', '.join(FIT_CHOICES)}")
+        if not (isinstance(top, int) and 1 <= top <= data.num_classes):
+            raise ConfigError(f"top={top}: must be between 1 and the {data.num_classes} classes")
+        invert = str(settings.invert).lower()
+        prepared = [prepare(path, invert, fit, data.image_size, INK_SHARE[data.name]) for path in paths]
+        batch = torch.stack([image for image, _ in prepared])
+        with torch.no_grad():
+            probabilities = self(data.normalize(batch * 255)).softmax(1)  # normalize takes 0..255 pixels
+        best = probabilities.topk(top, dim=1)
+        rows = []
+        for path, (_, inverted), values, indices in zip(paths, prepared, *best, strict=True):
+            guesses = [(data.class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+            rows.append({"image": path, "inverted": inverted, "top": guesses,
+                         "answer": "   ".join(f"{name} {p:6.1%}" for name, p in guesses)})
+        return rows

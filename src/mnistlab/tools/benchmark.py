@@ -17,7 +17,6 @@ untimed warm-up epoch, then one timed epoch; an epoch is the training pass plus 
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -27,33 +26,23 @@ import statistics
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
 
 from mnistlab.config import compose_run_config
-from mnistlab.data.canvas import CanvasDataModule, compose
 from mnistlab.data.files import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.data.idx import read_idx, write_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError, MnistlabError
-from mnistlab.execution import StepGroup, auto_steps_per_execution
+from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
-from mnistlab.train import build_run
+from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, run_lightning, run_plain, run_tutorial
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
-# PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
-TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
-TUTORIAL_SGD = {"lr": 0.01, "momentum": 0.5}
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
             "c": "classic tutorial loop", "a2k1": "a2 at one optimizer step per Lightning step"}
 RATIOS = {"a/c": "mnistlab as users run it over the classic tutorial loop",
@@ -61,12 +50,6 @@ RATIOS = {"a/c": "mnistlab as users run it over the classic tutorial loop",
 PROFILE_STEPS = 50
 STATUS = Path("/proc/self/status")
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics")
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so a clock read covers it (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rss() -> int:
@@ -156,163 +139,6 @@ def compose_config(root: Path, val_size: int | None, device: torch.device, run_d
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
-
-
-class EpochTimer(pl.Callback):
-    """Times the second epoch of a fit (the first, untimed, is the warm-up), from its start to the end of
-    training: the fit is stopped right after that epoch's validation, epoch-end callbacks (images, histograms,
-    checkpoints) and epoch-end logging. That is a typical epoch of a run of any length; the validation figures
-    (the confusion matrix and the mistakes, every 5th epoch and at the last) fall outside it. With a `profiler`,
-    profiles that epoch too."""
-
-    TIMED_EPOCH = 1
-
-    def __init__(self, profiler: torch.profiler.profile | None = None):
-        self.profiler, self.start, self.seconds, self.images = profiler, 0.0, 0.0, 0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.TIMED_EPOCH:
-            sync(pl_module.device)
-            self.images, self.start = 0, time.perf_counter()
-            if self.profiler is not None:
-                self.profiler.start()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.images += batch.images if isinstance(batch, StepGroup) else len(batch[1])
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.TIMED_EPOCH:
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sync(pl_module.device)
-        if not self.start:
-            raise ConfigError(f"the fit ended before epoch {self.TIMED_EPOCH + 1}, which the benchmark times "
-                              "(trainer.max_steps or trainer.max_time too small?)")
-        self.seconds = time.perf_counter() - self.start
-        if self.profiler is not None:
-            self.profiler.stop()
-
-
-def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> tuple[float, int]:
-    """(a): build the run exactly as mnistlab.train.train does, fit it, time its second epoch (EpochTimer stops
-    the fit there). The progress
-    bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
-    table readable."""
-    pl.seed_everything(cfg.seed, workers=True)
-    timer = EpochTimer(profiler)
-    datamodule, module, trainer = build_run(cfg, (timer,))
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        trainer.fit(module, datamodule=datamodule)
-    return timer.seconds, timer.images
-
-
-def timed(epoch, device: torch.device) -> tuple[float, int]:
-    """One untimed warm-up epoch, then (seconds, training images) of a timed one."""
-    epoch()
-    sync(device)
-    start = time.perf_counter()
-    images = epoch()
-    sync(device)
-    return time.perf_counter() - start, images
-
-
-def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
-    """(b): the floor, a warm-up epoch and a timed one (plain_epoch)."""
-    return timed(plain_epoch(cfg, datamodule, device, batch, bf16), device)
-
-
-def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> Callable[[], int]:
-    """One epoch of the plain loop and its validation pass; returns the images trained. No host read per step: the
-    shuffle, the batches and the accuracy stay on the device. For segmentation (a CanvasDataModule), each batch is
-    canvases composed on the device as the data module does, the validation its fixed canvases, the loss and the
-    accuracy per labelled pixel."""
-    torch.manual_seed(cfg.seed)
-    net = instantiate(cfg.model).to(device)
-    if bf16:
-        net.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
-    canvases = isinstance(datamodule, CanvasDataModule)
-    train_x, train_y = (t.to(device) for t in datamodule.splits["train"])
-    val_x, val_y = (t.to(device) for t in (datamodule.fixed["val"] if canvases else datamodule.splits["val"]))
-    ignore = datamodule.ignore_index if canvases else -100  # -100: cross_entropy's default, no label is
-    eval_batch, mean, std = cfg.data.eval_batch_size, cfg.data.mean, cfg.data.std
-    # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
-    steps_per_epoch = (datamodule.canvases["train"] if canvases else len(train_y)) // batch
-    schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
-
-    def normalize(images: torch.Tensor) -> torch.Tensor:
-        return images.float().div_(255).sub_(mean).div_(std)
-
-    def batches():
-        if canvases:
-            d = datamodule
-            for _ in range(steps_per_epoch):
-                yield compose(train_x, train_y, batch, d.canvas_size, d.min_digits, d.max_digits, d.ink_threshold,
-                              d.ignore_index)
-            return
-        order = torch.randperm(len(train_y), device=device)  # the last partial batch dropped, as the data module
-        for step in range(steps_per_epoch):
-            index = order[step * batch : (step + 1) * batch]
-            yield train_x[index], train_y[index]
-
-    def epoch() -> int:
-        net.train()
-        for images, labels in batches():
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(net(normalize(images)), labels, ignore_index=ignore)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-        net.eval()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            for start in range(0, len(val_y), eval_batch):
-                labels = val_y[start : start + eval_batch]
-                correct += ((net(normalize(val_x[start : start + eval_batch])).argmax(1) == labels)
-                            & (labels != ignore)).sum()
-        correct.item()  # the epoch's one host read, as a real loop reports its accuracy
-        return steps_per_epoch * batch
-
-    return epoch
-
-
-def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
-                 device: torch.device) -> tuple[float, int]:
-    """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and the
-    classic example's SGD (lr 0.01, momentum 0.5)."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*TUTORIAL_NORMALIZE)])
-    dataset = datasets.MNIST(str(root), train=True, transform=transform)
-    loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    train_loader = DataLoader(Subset(dataset, range(train_size)), batch_size=TUTORIAL_BATCH, shuffle=True,
-                              **loader_kwargs)
-    test_loader = DataLoader(Subset(dataset, range(train_size, train_size + val_size)),
-                             batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
-    torch.manual_seed(cfg.seed)
-    net = instantiate(cfg.model).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
-
-    def epoch() -> int:
-        net.train()
-        for data, target in train_loader:
-            data, target = data.to(device), target.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(net(data), target)
-            loss.backward()
-            optimizer.step()
-        net.eval()
-        test_loss = correct = 0  # summed with a host read per batch, as the example's test() does
-        with torch.no_grad():
-            for data, target in test_loader:
-                data, target = data.to(device), target.to(device)
-                output = net(data)
-                test_loss += F.cross_entropy(output, target, reduction="sum").item()
-                correct += output.argmax(1).eq(target).sum().item()
-        return len(train_loader.dataset)
-
-    return timed(epoch, device)
 
 
 def machine(device: torch.device) -> dict:
@@ -412,7 +238,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                           "times epochs with validation (--val-size N sets it)")
     datamodule = instantiate(base.data)
     datamodule.setup()  # mnistlab's own checks of the files, and the splits b trains on
-    trained = datamodule.canvases["train"] if isinstance(datamodule, CanvasDataModule) else n_train - val_size
+    trained = datamodule.training_items()
     settings = {"a": {"batch": base.data.batch_size, "precision": base.trainer.precision},
                 "a2": {"batch": args.batch_size, "precision": precision},
                 "a2k1": {"batch": args.batch_size, "precision": precision},
@@ -424,8 +250,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     source = str(args.data_root) if args.data_root else "synthetic (mnistlab.data.synthetic)"
     header = {"machine": machine(device), "versions": versions(),
               "data": {"source": source, "train_images": trained, "val_images": val_size,
-                       **({"unit": "canvases", "val_canvases": len(datamodule.fixed["val"][1])}
-                          if isinstance(datamodule, CanvasDataModule) else {})},
+                       "epoch": datamodule.epoch_description()},
               "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
 
@@ -546,11 +371,7 @@ def print_report(report: dict) -> None:
     print(f"\nmachine   {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, GPU {m['gpu']}, "
           f"bf16 {m['bf16']}; device {m['device']}")
     print("versions  " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()))
-    if data.get("unit") == "canvases":
-        print(f"data      canvases of {data['source']}'s digits: {data['train_images']} training canvases an epoch, "
-              f"composed per batch; validation on {data['val_canvases']} fixed canvases")
-    else:
-        print(f"data      {data['source']}: {data['train_images']} training images, {data['val_images']} validation")
+    print(f"data      {data['source']}: {data['epoch']}")
     print(f"method    repeats {method['repeats']}, variants interleaved; each: {method['epoch']}; "
           f"train img/s = training images / epoch seconds")
     print(f"memory    {method['memory']}")

@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mnistlab.checkpoints import load_datamodule, load_network
+from mnistlab.checkpoints import load_network
 from mnistlab.errors import ConfigError
+from mnistlab.tasks.registry import load_datamodule
 from mnistlab.tools.cli import run_tool
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "torch_export": ".pt2"}

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 
 from mnistlab.config import compose_run_config
-from mnistlab.tools.benchmark import plain_epoch, sync
+from mnistlab.tools.loops import plain_epoch, sync
 
 REPO = Path(__file__).resolve().parents[3]
 EPOCHS = (1, 3)

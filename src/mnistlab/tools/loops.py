@@ -1,0 +1,171 @@
+"""The three training loops mnistlab-bench times against each other: mnistlab as users run it (a Lightning fit
+built as `python train.py` builds it), the plain loop over the same device-resident data (the floor), and the
+classic loop of PyTorch's MNIST example. Each gives (seconds, training examples) of one timed epoch after an
+untimed warm-up epoch."""
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from mnistlab.errors import ConfigError
+from mnistlab.execution import StepGroup
+from mnistlab.train import build_run, build_task
+
+# PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
+TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
+TUTORIAL_SGD = {"lr": 0.01, "momentum": 0.5}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a clock read covers it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EpochTimer(pl.Callback):
+    """Times the second epoch of a fit (the first, untimed, is the warm-up), from its start to the end of
+    training: the fit is stopped right after that epoch's validation, epoch-end callbacks (images, histograms,
+    checkpoints) and epoch-end logging. That is a typical epoch of a run of any length; the validation figures
+    (the confusion matrix and the mistakes, every 5th epoch and at the last) fall outside it. With a `profiler`,
+    profiles that epoch too."""
+
+    TIMED_EPOCH = 1
+
+    def __init__(self, profiler: torch.profiler.profile | None = None):
+        self.profiler, self.start, self.seconds, self.images = profiler, 0.0, 0.0, 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.TIMED_EPOCH:
+            sync(pl_module.device)
+            self.images, self.start = 0, time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += batch.images if isinstance(batch, StepGroup) else len(batch[1])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.TIMED_EPOCH:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(pl_module.device)
+        if not self.start:
+            raise ConfigError(f"the fit ended before epoch {self.TIMED_EPOCH + 1}, which the benchmark times "
+                              "(trainer.max_steps or trainer.max_time too small?)")
+        self.seconds = time.perf_counter() - self.start
+        if self.profiler is not None:
+            self.profiler.stop()
+
+
+def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> tuple[float, int]:
+    """(a): build the run exactly as mnistlab.train.train does, fit it, time its second epoch (EpochTimer stops
+    the fit there). The progress
+    bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
+    table readable."""
+    pl.seed_everything(cfg.seed, workers=True)
+    timer = EpochTimer(profiler)
+    datamodule, module, trainer = build_run(cfg, (timer,))
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        trainer.fit(module, datamodule=datamodule)
+    return timer.seconds, timer.images
+
+
+def timed(epoch, device: torch.device) -> tuple[float, int]:
+    """One untimed warm-up epoch, then (seconds, training images) of a timed one."""
+    epoch()
+    sync(device)
+    start = time.perf_counter()
+    images = epoch()
+    sync(device)
+    return time.perf_counter() - start, images
+
+
+def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
+    """(b): the floor, a warm-up epoch and a timed one (plain_epoch)."""
+    return timed(plain_epoch(cfg, datamodule, device, batch, bf16), device)
+
+
+def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> Callable[[], int]:
+    """One epoch of the plain loop and its validation pass; returns the examples trained. The task supplies the
+    network, its plain criterion and its right answers, the data module the batches (uint8 on the device, composed
+    as its training loader composes them) and the validation set. No host read per step: the shuffle, the batches
+    and the accuracy stay on the device."""
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg)
+    net = task.net.to(device)
+    if bf16:
+        net.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
+    val_x, val_y = (t.to(device) for t in datamodule.plain_validation())
+    eval_batch = cfg.data.eval_batch_size
+    # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
+    steps_per_epoch = datamodule.training_items() // batch
+    schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
+
+    def epoch() -> int:
+        net.train()
+        for images, labels in datamodule.plain_batches(batch):
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = task.loss(net(datamodule.normalize(images)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+        net.eval()
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            for start in range(0, len(val_y), eval_batch):
+                logits = net(datamodule.normalize(val_x[start : start + eval_batch]))
+                correct += task.answer_counts(logits, val_y[start : start + eval_batch])[0]
+        correct.item()  # the epoch's one host read, as a real loop reports its accuracy
+        return steps_per_epoch * batch
+
+    return epoch
+
+
+def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
+                 device: torch.device) -> tuple[float, int]:
+    """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and the
+    classic example's SGD (lr 0.01, momentum 0.5)."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*TUTORIAL_NORMALIZE)])
+    dataset = datasets.MNIST(str(root), train=True, transform=transform)
+    loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    train_loader = DataLoader(Subset(dataset, range(train_size)), batch_size=TUTORIAL_BATCH, shuffle=True,
+                              **loader_kwargs)
+    test_loader = DataLoader(Subset(dataset, range(train_size, train_size + val_size)),
+                             batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
+    torch.manual_seed(cfg.seed)
+    net = instantiate(cfg.model).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
+
+    def epoch() -> int:
+        net.train()
+        for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(data), target)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        test_loss = correct = 0  # summed with a host read per batch, as the example's test() does
+        with torch.no_grad():
+            for data, target in test_loader:
+                data, target = data.to(device), target.to(device)
+                output = net(data)
+                test_loss += F.cross_entropy(output, target, reduction="sum").item()
+                correct += output.argmax(1).eq(target).sum().item()
+        return len(train_loader.dataset)
+
+    return timed(epoch, device)
