@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnistlab.tools.report import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
+from mnistlab.sweep_results import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
 
 
 def curve(sweep: Path) -> list[tuple[str, list[float], int]]:

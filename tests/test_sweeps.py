@@ -12,8 +12,9 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.tools.report import collect, columns, markdown, rows
+from mnistlab.sweep_results import collect, columns, rows
 from mnistlab.tools.report import main as report_main
+from mnistlab.tools.report import markdown
 
 from .conftest import FAST, REPO, offline_env, run_in_process, run_train, train_main
 

@@ -45,9 +45,23 @@ def run_stamp() -> str:
 OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
 
 
-def groups() -> list[str]:
-    """The config groups: the folders of configs/."""
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+def search_folders(args: list[str] = ()) -> list[Path]:
+    """configs/, and the folders that a `hydra.searchpath=[file://DIR,...]` override adds: a user's own options
+    (a task of their own, its model and data) beside mnistlab's."""
+    folders = [CONFIG_DIR]
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            items = value.strip().removeprefix("[").removesuffix("]").split(",")
+            folders += [Path(item.strip().strip("'\"").removeprefix("file://")) for item in items
+                        if item.strip().strip("'\"").startswith("file://")]
+    return folders
+
+
+def groups(folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
+    """The config groups: the folders of configs/ (and of `folders`)."""
+    return sorted({p.name for folder in folders if folder.is_dir() for p in folder.iterdir()
+                   if p.is_dir() and not p.name.startswith((".", "_"))})
 
 
 # Hydra's plugin groups that users pick from the command line, and the packages behind mnistlab's choices, which
@@ -59,13 +73,13 @@ PLUGINS = {("hydra/sweeper", "mnistlab_optuna"): "optuna", ("hparams_search", "o
            ("hydra/launcher", "submitit_slurm"): "hydra-submitit-launcher"}
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group: its files in configs/, or for Hydra's launcher and sweeper groups, what
-    the installed plugins offer."""
+def group_options(group: str, folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
+    """The options of a config group: its files in configs/ (and in `folders`), or for Hydra's launcher and
+    sweeper groups, what the installed plugins offer."""
     if group in PLUGIN_GROUPS:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted({p.stem for folder in folders for p in (folder / group).glob("*.yaml") if not p.stem.startswith("_")})
 
 
 # Choices whose library comes with an extra of the same name, checked by importing it (a library that is there
@@ -121,8 +135,9 @@ def unknown_choice(args: list[str]) -> str | None:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
     except Exception:
         return None  # not ours to judge: Hydra reports syntax errors itself
+    folders = search_folders(args)
     for override in overrides:
-        if override.is_delete() or override.key_or_group not in [*groups(), *PLUGIN_GROUPS]:
+        if override.is_delete() or override.key_or_group not in [*groups(folders), *PLUGIN_GROUPS]:
             continue
         value = override.value()
         if isinstance(value, ChoiceSweep):
@@ -133,7 +148,7 @@ def unknown_choice(args: list[str]) -> str | None:
             choices = value  # several options at once: logger=[tensorboard,mlflow]
         else:
             continue  # glob(...) and ranges: Hydra expands those against the folder
-        options = group_options(override.key_or_group)
+        options = group_options(override.key_or_group, folders)
         for choice in choices:
             missing = missing_plugin(override.key_or_group, choice)
             if missing:

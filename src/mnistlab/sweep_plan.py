@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from mnistlab.callbacks.checkpointing import LAST
 from mnistlab.config import as_typed
 from mnistlab.errors import ConfigError
-from mnistlab.tools.report import read_record
+from mnistlab.sweep_results import read_record
 
 EARLIER = "earlier-attempts"
 FINISHED, RESUMED, RERUN, NEW = "finished", "resumed", "rerun", "new"

@@ -31,6 +31,7 @@ from mnistlab.config import (
     compose_run_config,
     groups,
     one_line,
+    search_folders,
     shell_spelling,
     spell_trainer_overrides,
     unknown_choice,
@@ -100,10 +101,16 @@ def build_task(cfg: DictConfig) -> pl.LightningModule:
                        **parts["tricks"], _recursive_=False, _convert_="all")
 
 
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """The data module of config group `data`, given plain values (not Hydra's DictConfig): what it saves in its
+    checkpoints then loads safely."""
+    return instantiate(cfg.data, _convert_="all")
+
+
 def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
     """(data module, task module, Trainer) from a composed config: what `train` runs, and what the benchmark
     times as users run it."""
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     module = build_task(cfg)
     if cfg.get("compile"):
         module.compile_network(None if cfg.compile is True else cfg.compile)
@@ -269,9 +276,11 @@ def precheck(args: list[str]) -> list[str]:
     try:
         cfg = compose_run_config(args)
     except HydraException as err:
-        choices = [a for a in args if a.lstrip("+~").split("=")[0] in groups()]  # what sets which keys exist
+        folders = search_folders(args)
+        # What sets which keys exist: the group choices, and where they are found.
+        choices = [a for a in args if a.lstrip("+~").split("=")[0] in [*groups(folders), "hydra.searchpath"]]
         try:
-            problem = unknown_key(args, compose_run_config(choices), groups())
+            problem = unknown_key(args, compose_run_config(choices), groups(folders))
         except HydraException:
             problem = None  # a choice itself is wrong (experiment=X without its +): Hydra's message says which
         raise ConfigError(problem or one_line(err)) from None

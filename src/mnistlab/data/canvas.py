@@ -14,7 +14,6 @@ canvases from the validation slice, test canvases from the official test digits,
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from mnistlab.data.augment import RandomAffine
 from mnistlab.data.batches import DeviceBatches
@@ -109,9 +108,6 @@ class CanvasDataModule(MNISTDataModule):
     def __init__(self, canvas_size: int = 64, min_digits: int = 1, max_digits: int = 3, ink_threshold: int = 128,
                  ignore_index: int = 255, train_canvases: int = 20000, val_canvases: int = 1000,
                  test_canvases: int = 2000, num_classes: int = 10, **digits):
-        # Plain values in the checkpoint (Hydra hands nested settings over as DictConfig): it loads safely.
-        digits = {key: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-                  for key, value in digits.items()}
         super().__init__(num_classes=num_classes, **digits)
         self.save_hyperparameters(logger=False)
         num_classes += 1  # the background

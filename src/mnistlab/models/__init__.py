@@ -7,4 +7,3 @@ from mnistlab.models.resnet import ResNet
 from mnistlab.models.seed import SeedNet
 
 __all__ = ["FCN", "ResNet", "SeedNet", "register_network"]
-NETWORKS = ("FCN", "ResNet", "SeedNet")  # what a checkpoint may name (models/registry.py), besides registered ones

@@ -12,6 +12,10 @@ from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
 
 ENTRY_POINT_GROUP = "mnistlab.networks"
+# mnistlab's networks by the `_target_` of their configs, named rather than imported: models/ builds on this module.
+BUILT_IN = {"mnistlab.models.SeedNet": "mnistlab.models.seed.SeedNet",
+            "mnistlab.models.ResNet": "mnistlab.models.resnet.ResNet",
+            "mnistlab.models.FCN": "mnistlab.models.fcn.FCN"}
 _registered: dict[str, type[nn.Module]] = {}
 
 
@@ -29,9 +33,9 @@ def register_network(cls: type[nn.Module], name: str | None = None) -> type[nn.M
 
 def networks() -> dict[str, type[nn.Module]]:
     """Every registered network by the `_target_` that names it."""
-    from mnistlab import models  # imported here: models/fcn.py builds its backbone through this module
+    from hydra.utils import get_class
 
-    found = {f"mnistlab.models.{name}": getattr(models, name) for name in models.NETWORKS}
+    found = {target: get_class(path) for target, path in BUILT_IN.items()}
     found |= {class_name(cls): cls for cls in found.values()}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.value.replace(":", ".") not in _registered:

@@ -30,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from mnistlab.config import compose_run_config
@@ -41,6 +40,7 @@ from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, run_lightning, run_plain, run_tutorial
+from mnistlab.train import build_datamodule
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
@@ -236,7 +236,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
     if not 0 < val_size < n_train:
         raise ConfigError(f"data.val_size={val_size} must be between 1 and {n_train - 1} here: the benchmark "
                           "times epochs with validation (--val-size N sets it)")
-    datamodule = instantiate(base.data)
+    datamodule = build_datamodule(base)
     datamodule.setup()  # mnistlab's own checks of the files, and the splits b trains on
     trained = datamodule.training_items()
     settings = {"a": {"batch": base.data.batch_size, "precision": base.trainer.precision},

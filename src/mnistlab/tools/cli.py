@@ -55,7 +55,7 @@ def open_groups(args: list[str], base: DictConfig) -> list[str]:
     spelled = []
     for arg in args:
         root = arg.split("=", 1)[0].split(".", 1)[0]
-        opened = "=" in arg and "." in arg.split("=", 1)[0] and root in groups() and root not in base
+        opened = "=" in arg and "." in arg.split("=", 1)[0] and root in groups() and root not in (*base, "hydra")
         spelled.append(f"++{arg}" if opened and not arg.startswith(("+", "~")) else arg)
     return spelled
 

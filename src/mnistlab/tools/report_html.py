@@ -8,7 +8,7 @@ import io
 from html import escape
 from pathlib import Path
 
-from mnistlab.tools.report import Job, decimals, display_scale, rows, task_metrics, text_table, varying_keys
+from mnistlab.sweep_results import Job, decimals, display_scale, rows, task_metrics, text_table, varying_keys
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
 from mnistlab.config import compose_run_config
 from mnistlab.tools.loops import plain_epoch, sync
+from mnistlab.train import build_datamodule
 
 REPO = Path(__file__).resolve().parents[3]
 EPOCHS = (1, 3)
@@ -48,7 +48,7 @@ def run_plain_process(overrides: list[str], batch: int, precision: str, epochs: 
     """The plain loop for `epochs` epochs on the data train.py would read with `overrides`."""
     cfg = compose_run_config([*overrides, f"data.batch_size={batch}", "trainer.max_epochs=3"])
     torch.set_float32_matmul_precision("high")
-    datamodule = instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     datamodule.setup()
     bf16 = precision == "bf16-mixed"
     epoch = plain_epoch(cfg, datamodule, torch.device("cpu"), batch, bf16)
