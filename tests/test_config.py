@@ -6,11 +6,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides, unknown_choice
+from mnistlab.build import device_for_job
+from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
-from mnistlab.train import device_for_job
+from mnistlab.override_errors import unknown_choice
 
 from .conftest import REPO, train_main
 

@@ -9,7 +9,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mnistlab import validation
-from mnistlab.config import compose_run_config, shell_spelling, spell_trainer_overrides, unknown_choice
+from mnistlab.config import compose_run_config, shell_spelling, spell_trainer_overrides
+from mnistlab.override_errors import unknown_choice
 from mnistlab.tools.benchmark import parse_args as bench_args
 from mnistlab.tools.cli import compose_tool
 from mnistlab.validation import check_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab import config
+from mnistlab import config, override_errors
 from mnistlab.data import files
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError, DataError
@@ -26,15 +26,15 @@ def test_a_home_folder_and_lightning_file_names_are_spelled_for_hydra():
 
 
 def test_a_plugin_choice_without_its_plugin_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(config.PLUGINS, ("hydra/launcher", "joblib"), "no-such-hydra-plugin")
-    assert config.unknown_choice(["hydra/launcher=joblib"]) == (
+    monkeypatch.setitem(override_errors.PLUGINS, ("hydra/launcher", "joblib"), "no-such-hydra-plugin")
+    assert override_errors.unknown_choice(["hydra/launcher=joblib"]) == (
         "hydra/launcher=joblib needs no-such-hydra-plugin, which is not installed: "
         "pip install -e '.[sweep]' (mnistlab's sweep extra) installs it")
-    assert config.unknown_choice(["hydra/launcher=submitit_local"]) is None  # installed with the sweep extra
+    assert override_errors.unknown_choice(["hydra/launcher=submitit_local"]) is None  # installed with the sweep extra
 
 
 def test_an_unknown_launcher_lists_the_installed_ones():
-    assert config.unknown_choice(["hydra/launcher=joblibx"]) == (
+    assert override_errors.unknown_choice(["hydra/launcher=joblibx"]) == (
         "unknown hydra/launcher 'joblibx' (override hydra/launcher=joblibx); "
         "choose one of: basic, joblib, mnistlab, submitit_local, submitit_slurm")
 

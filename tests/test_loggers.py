@@ -13,8 +13,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import Callback
 
-from mnistlab.config import compose_run_config, unknown_choice
+from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError
+from mnistlab.override_errors import unknown_choice
 from mnistlab.validation import check_config
 
 from .conftest import FAST, REPO, offline_env, run_train, train_in_process

@@ -12,13 +12,14 @@ from omegaconf import open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnistlab.build import build_task
 from mnistlab.callbacks.views import colour_masks
-from mnistlab.config import compose_run_config, one_line
+from mnistlab.config import compose_run_config
 from mnistlab.data.idx import read_idx
 from mnistlab.image_files import ink_band_height
 from mnistlab.models import FCN
+from mnistlab.override_errors import one_line
 from mnistlab.tools import evaluate, inspect_model, predict
-from mnistlab.train import build_task
 
 from .conftest import FAST, run_in_process, run_script, train_in_process
 

@@ -1,24 +1,18 @@
-"""Composing configs/: the run config of `python train.py` overrides, a dataset's identity, Trainer options
-spelled without `+`, and bad overrides as one line."""
+"""Composing configs/: where they are, their groups and options (mnistlab's and a hydra.searchpath's), the run config
+of `python train.py` overrides with Trainer options spelled without `+`, and what makes a dataset."""
 
 import difflib
-import importlib
-import importlib.metadata
 import inspect
 import os
-import re
 from datetime import datetime
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep
-from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.errors import ConfigError
 
 
 def find_config_dir() -> Path:
@@ -64,13 +58,8 @@ def groups(folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
                    if p.is_dir() and not p.name.startswith((".", "_"))})
 
 
-# Hydra's plugin groups that users pick from the command line, and the packages behind mnistlab's choices, which
-# come with its sweep extra.
+# Hydra's plugin groups that users pick from the command line.
 PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper")
-PLUGINS = {("hydra/sweeper", "mnistlab_optuna"): "optuna", ("hparams_search", "optuna"): "optuna",
-           ("hydra/launcher", "joblib"): "hydra-joblib-launcher",
-           ("hydra/launcher", "submitit_local"): "hydra-submitit-launcher",
-           ("hydra/launcher", "submitit_slurm"): "hydra-submitit-launcher"}
 
 
 def group_options(group: str, folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
@@ -80,35 +69,6 @@ def group_options(group: str, folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
     return sorted({p.stem for folder in folders for p in (folder / group).glob("*.yaml") if not p.stem.startswith("_")})
-
-
-# Choices whose library comes with an extra of the same name, checked by importing it (a library that is there
-# but does not import needs the same reinstall).
-EXTRA_MODULES = {("logger", "mlflow"): "mlflow"}
-
-
-def missing_plugin(group: str, choice: str) -> str | None:
-    """The install command for a choice whose Hydra plugin or library is not installed, or None."""
-    if (group, choice) in EXTRA_MODULES:
-        module = EXTRA_MODULES[group, choice]
-        try:
-            importlib.import_module(module)
-            return None
-        except ImportError:
-            return install_hint(group, choice, module, extra=module)
-    plugin = PLUGINS.get((group, choice))
-    if plugin is None:
-        return None
-    try:
-        importlib.metadata.version(plugin)
-        return None
-    except importlib.metadata.PackageNotFoundError:
-        return install_hint(group, choice, plugin, extra="sweep")
-
-
-def install_hint(group: str, choice: str, package: str, extra: str) -> str:
-    return (f"{group}={choice} needs {package}, which is not installed: "
-            f"pip install -e '.[{extra}]' (mnistlab's {extra} extra) installs it")
 
 
 def shell_spelling(args: list[str]) -> list[str]:
@@ -124,66 +84,6 @@ def shell_spelling(args: list[str]) -> list[str]:
         plain = equals and not arg.startswith("-") and "=" in value and value[:1] not in "[{'\"" and "(" not in value
         spelled.append(f"{key}='{value}'" if plain and "'" not in value else arg)
     return spelled
-
-
-def unknown_choice(args: list[str]) -> str | None:
-    """One line naming a config-group choice that has no file (`data=emnist`), or None.
-
-    Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
-    """
-    try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
-    except Exception:
-        return None  # not ours to judge: Hydra reports syntax errors itself
-    folders = search_folders(args)
-    for override in overrides:
-        if override.is_delete() or override.key_or_group not in [*groups(folders), *PLUGIN_GROUPS]:
-            continue
-        value = override.value()
-        if isinstance(value, ChoiceSweep):
-            choices = list(override.sweep_string_iterator())
-        elif isinstance(value, str):
-            choices = [value]
-        elif isinstance(value, list) and all(isinstance(choice, str) for choice in value):
-            choices = value  # several options at once: logger=[tensorboard,mlflow]
-        else:
-            continue  # glob(...) and ranges: Hydra expands those against the folder
-        options = group_options(override.key_or_group, folders)
-        for choice in choices:
-            missing = missing_plugin(override.key_or_group, choice)
-            if missing:
-                return missing
-            if choice not in options:
-                return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
-                        f"choose one of: {', '.join(options)}")
-    return None
-
-
-def unknown_key(args: list[str], base: DictConfig, choosable: list[str]) -> str | None:
-    """One line naming the first override whose key `base` (a composed config) lacks, with the keys it has at
-    that level and the closest one; None when every key exists (or is a group in `choosable`, or is added)."""
-    try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and a[0] != "-"])
-    except HydraException:
-        return None  # a syntax error: Hydra's own line says where
-    values = OmegaConf.to_container(base)  # unresolved: `???` and `${...}` stay text
-    for override in overrides:
-        if override.is_add() or override.is_force_add() or override.key_or_group in choosable:
-            continue
-        node, path = values, override.key_or_group.split(".")
-        for depth, part in enumerate(path):
-            if not isinstance(node, dict):
-                break
-            if part not in node:
-                where = ".".join(path[:depth])
-                keys = [key for key, value in node.items() if not isinstance(value, dict) or where]
-                keys += [f"{group}=NAME" for group in choosable] if not where else []
-                close = difflib.get_close_matches(part, list(node), n=1)
-                hint = f"did you mean {'.'.join([*path[:depth], close[0]])}? " if close else ""
-                return (f"unknown key {override.key_or_group!r} in {override.input_line!r}: {hint}"
-                        f"{where + ' has' if where else 'allowed keys:'} {', '.join(keys)}")
-            node = node[part]
-    return None
 
 
 def trainer_options() -> list[str]:
@@ -212,27 +112,10 @@ def spell_trainer_overrides(args: list[str]) -> list[str]:
     return spelled
 
 
-HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
-
-
 def as_typed(overrides: list[str]) -> list[str]:
     """Overrides as the user typed them: `++trainer.NAME=VALUE` back to `trainer.NAME=VALUE` (spell_trainer_overrides
     spells them so for Hydra)."""
     return [arg.removeprefix("++") if arg.startswith("++trainer.") else arg for arg in overrides]
-
-
-def one_line(err: Exception) -> str:
-    if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
-        err = err.__cause__  # raised by our code inside a Hydra-instantiated target
-    added = re.search(r"To append to your default list use \+(\S+)", str(err))
-    if added:  # a group that is not in the defaults list is added, not overridden
-        group = added.group(1).split("=")[0]
-        return f"{added.group(1)} needs a +: +{added.group(1)} ({group} is not in the defaults list, so it is added)"
-    if isinstance(err, OverrideParseException):
-        why = one_line(Exception(err.message.partition("See ")[0]))
-        return (f"could not parse {err.override!r}: {why}; quote a value with spaces or special characters "
-                f"(key='a b'); the grammar: {HYDRA_GRAMMAR}")
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def compose_run_config(args: list[str], output_dir: str | None = None) -> DictConfig:

@@ -18,30 +18,27 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_object, instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mnistlab.build import build_run
 from mnistlab.callbacks.averaging import load_tested_weights
-from mnistlab.callbacks.progress import NoProfiler, seconds_per_epoch
+from mnistlab.callbacks.progress import seconds_per_epoch
 from mnistlab.checkpoints import check_resumable, read_checkpoint
 from mnistlab.config import (
     CONFIG_DIR,
     compose_run_config,
     groups,
-    one_line,
     search_folders,
     shell_spelling,
     spell_trainer_overrides,
-    unknown_choice,
-    unknown_key,
 )
 from mnistlab.console import route_logs
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.hparams import compared_settings, log_hparams
 from mnistlab.models.registry import build_network, register_config_networks
-from mnistlab.precision import fast_precision
+from mnistlab.override_errors import one_line, unknown_choice, unknown_key
 from mnistlab.run_folder import (
     check_not_finished,
     check_not_in_use,
@@ -55,78 +52,12 @@ from mnistlab.run_folder import (
 )
 from mnistlab.search import OptunaPruning, open_trial, record_pruned, share_cores, trial_number
 from mnistlab.sweep_plan import interrupted_job
-from mnistlab.tasks.registry import register_config_task
 from mnistlab.tracking import failed_on_error, record_run, tracker_lines
 from mnistlab.validation import check_config
 
 log = logging.getLogger(__name__)
 # pytorch-lightning 2.6 calls a torch.utils._pytree API that newer torch deprecates: noise on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-def device_for_job(job_num: int | None, gpus: int) -> int | list[int]:
-    """`trainer.devices` for one run: 1 device, except parallel sweep jobs on a multi-GPU machine, which take
-    one GPU each (job N -> GPU N mod gpus) instead of all landing on GPU 0."""
-    return [job_num % gpus] if job_num is not None and gpus > 1 else 1
-
-
-def _device_for_this_job() -> int | list[int]:
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return device_for_job(HydraConfig.get().job.num if multirun else None, torch.cuda.device_count())
-
-
-OmegaConf.register_new_resolver("device_for_job", _device_for_this_job, replace=True)
-OmegaConf.register_new_resolver("fast_precision", fast_precision, replace=True)
-
-
-def checkpoint_without_validation(callback: DictConfig, val_size: int | None) -> dict:
-    """With no validation split there is no val/acc to rank checkpoints by: the checkpoint kept (and tested) is
-    the last epoch's, saved at each epoch's end (Lightning would wait for a validation under
-    trainer.check_val_every_n_epoch > 1). The overrides for that callback, none for any other."""
-    if val_size != 0 or not issubclass(get_object(callback._target_), pl.callbacks.ModelCheckpoint):
-        return {}
-    return {"monitor": None, "save_on_train_epoch_end": True}
-
-
-def build_task(cfg: DictConfig) -> pl.LightningModule:
-    """The task's LightningModule (config group `task`, its `metrics` aside) given the model, optimizer,
-    scheduler and tricks; unbuilt configs, so that its checkpoint can rebuild the network alone."""
-    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-             for key in ("model", "task", "optimizer", "scheduler", "tricks")}
-    # The user's own config may name any network and task; a checkpoint may not.
-    register_config_networks(parts["model"])
-    task = {key: value for key, value in parts["task"].items() if key != "metrics"}
-    register_config_task(task)
-    return instantiate(task, model=parts["model"], optimizer=parts["optimizer"], scheduler=parts["scheduler"],
-                       **parts["tricks"], _recursive_=False, _convert_="all")
-
-
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    """The data module of config group `data`, given plain values (not Hydra's DictConfig): what it saves in its
-    checkpoints then loads safely."""
-    return instantiate(cfg.data, _convert_="all")
-
-
-def build_run(cfg: DictConfig, extra_callbacks: tuple[pl.Callback, ...] = ()):
-    """(data module, task module, Trainer) from a composed config: what `train` runs, and what the benchmark
-    times as users run it."""
-    datamodule = build_datamodule(cfg)
-    module = build_task(cfg)
-    if cfg.get("compile"):
-        module.compile_network(None if cfg.compile is True else cfg.compile)
-    # trainer.enable_progress_bar=false drops the progress bar callback, which Lightning would refuse beside it.
-    shown = cfg.trainer.get("enable_progress_bar", True) is not False
-    chosen = [c for c in cfg.get("callbacks", {}).values() if c is not None]  # null drops one (a task may)
-    callbacks = [instantiate(c, **checkpoint_without_validation(c, cfg.data.get("val_size"))) for c in chosen
-                 if shown or not issubclass(get_object(c._target_), pl.callbacks.ProgressBar)] + list(extra_callbacks)
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    profiler = {} if cfg.trainer.get("profiler") else {"profiler": NoProfiler()}  # trainer.profiler=simple works
-    # The task runs its optimizer steps itself (mnistlab.execution): it clips the gradients, not the Trainer.
-    module.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
-    module.gradient_clip_algorithm = cfg.trainer.get("gradient_clip_algorithm") or "norm"
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, gradient_clip_val=None,
-                          gradient_clip_algorithm=None, **profiler)
-    return datamodule, module, trainer
 
 
 def first_process() -> bool:

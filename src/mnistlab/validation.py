@@ -15,8 +15,8 @@ from omegaconf.errors import OmegaConfBaseException
 from typeguard import TypeCheckError, check_type
 
 from mnistlab.checkpoints import existing_checkpoint, read_checkpoint, teacher_checkpoints
-from mnistlab.config import one_line
 from mnistlab.errors import ConfigError
+from mnistlab.override_errors import one_line
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")

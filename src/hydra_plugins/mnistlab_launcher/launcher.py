@@ -14,8 +14,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from mnistlab.config import as_typed, one_line
+from mnistlab.config import as_typed
 from mnistlab.errors import MnistlabError
+from mnistlab.override_errors import one_line
 
 log = logging.getLogger("hydra.mnistlab_launcher")  # under "hydra": Hydra configures its console
 

@@ -59,7 +59,7 @@ class Classifier(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         # Manual optimization: training_step runs one or several optimizer steps (mnistlab.execution).
         self.automatic_optimization = False
-        self.gradient_clip_val, self.gradient_clip_algorithm = None, None  # set by mnistlab.train.build_run
+        self.gradient_clip_val, self.gradient_clip_algorithm = None, None  # set by mnistlab.build.build_run
         self.step_hooks: StepHooks | None = None  # set when training starts
         self.net = build_network(model)  # registered networks only: a loaded checkpoint's config is data
         # One input batch: Lightning's model summary shows each layer's in/out sizes with it.

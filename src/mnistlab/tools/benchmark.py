@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
+from mnistlab.build import build_datamodule
 from mnistlab.config import compose_run_config
 from mnistlab.data.files import ALL_FILES, SPLIT_FILES, TORCHVISION_DATASETS, find_idx_files
 from mnistlab.data.idx import read_idx, write_idx
@@ -40,7 +41,6 @@ from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, run_lightning, run_plain, run_tutorial
-from mnistlab.train import build_datamodule
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",

@@ -16,17 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab.config import (
-    CONFIG_DIR,
-    group_options,
-    groups,
-    one_line,
-    shell_spelling,
-    spell_trainer_overrides,
-    unknown_choice,
-    unknown_key,
-)
+from mnistlab.config import CONFIG_DIR, group_options, groups, shell_spelling, spell_trainer_overrides
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.override_errors import one_line, unknown_choice, unknown_key
 
 
 def tool_groups(config_name: str) -> list[str]:

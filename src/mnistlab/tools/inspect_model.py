@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from mnistlab.config import one_line
 from mnistlab.errors import ConfigError
+from mnistlab.override_errors import one_line
 from mnistlab.tools.cli import run_tool
 
 

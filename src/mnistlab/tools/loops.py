@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnistlab.build import build_run, build_task
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup
-from mnistlab.train import build_run, build_task
 
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
 TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))

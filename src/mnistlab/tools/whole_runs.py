@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from mnistlab.build import build_datamodule
 from mnistlab.config import compose_run_config
 from mnistlab.tools.loops import plain_epoch, sync
-from mnistlab.train import build_datamodule
 
 REPO = Path(__file__).resolve().parents[3]
 EPOCHS = (1, 3)
