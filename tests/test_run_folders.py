@@ -171,7 +171,7 @@ def test_a_checkpoint_that_cannot_resume_this_run_is_one_line(tmp_path, monkeypa
         precheck([f"ckpt_path={weights_only}"])
     resnet = saved_checkpoint(tmp_path, ResNet())
     with pytest.raises(ConfigError, match=r"its weights \(mnistlab.models.ResNet\) do not fit this run's SeedNet"):
-        precheck([f"ckpt_path={resnet}", "model=seed"])
+        precheck([f"ckpt_path={resnet}", "model=seednet"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ResNet.ckpt", "SeedNet.ckpt"]  # no run folder
 
 

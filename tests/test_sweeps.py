@@ -72,10 +72,10 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
 
 @pytest.mark.slow
 def test_a_job_whose_config_does_not_compose_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
-    """`model=seed,resnet model.hidden=100`: the ResNet has no `hidden`, so job 1 cannot even be composed; Hydra's
+    """`model=seednet,resnet model.hidden=100`: the ResNet has no `hidden`, so job 1 cannot even be composed; Hydra's
     own sweeper would compose every job first and stop them all."""
     sweep = tmp_path / "sweep"
-    result = run_train("-m", "model=resnet,seed", "model.hidden=100", f"data.root={synthetic_root}",
+    result = run_train("-m", "model=resnet,seednet", "model.hidden=100", f"data.root={synthetic_root}",
                        f"hydra.sweep.dir={sweep}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     failure = json.loads((sweep / "0" / "failure.json").read_text())

@@ -1,6 +1,6 @@
 """mnistlab's sweeper and launcher (`hydra/sweeper=mnistlab`, `hydra/launcher=mnistlab`, the defaults): Hydra's basic
 ones, which run a sweep's jobs one after another in this process, except that a job whose config does not compose
-(`model=seed,resnet model.hidden=100`: the ResNet has no `hidden`) is recorded as failed (failure.json in its folder,
+(`model=seednet,resnet model.hidden=100`: the ResNet has no `hidden`) is recorded as failed (failure.json in its folder,
 one `error:` line) and the sweep goes on, as for a job that fails while it runs. Hydra's sweeper would compose every
 job first and stop them all."""
 
