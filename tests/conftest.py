@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
@@ -100,3 +101,14 @@ class RecordWeights(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.after_step.append(pl_module.net.head[-1].weight.detach().clone())
+
+
+def older_checkpoint(checkpoint: Path, copy: Path) -> Path:
+    """`checkpoint` as mnistlab wrote it before checkpoints named their task and data module, and before the best
+    validation value was `val_best`: written to `copy`."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["mnistlab"] = {key: value for key, value in saved["mnistlab"].items() if key not in ("task", "data")}
+    saved["state_dict"] = {key.replace("val_best.", "val_acc_best.", 1): value
+                           for key, value in saved["state_dict"].items()}
+    torch.save(saved, copy)
+    return copy

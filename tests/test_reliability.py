@@ -203,7 +203,7 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint
     step = int(line.split(" at step ")[1].split()[0])
     saved = torch.load(last, weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] <= step  # from before the divergence
-    # The network's weights (the never-updated val_acc_best of a run without validation is -inf by design).
+    # The network's weights (the never-updated val_best of a run without validation is -inf by design).
     weights = [t for name, t in saved["state_dict"].items() if name.startswith("net.")]
     assert weights and all(torch.isfinite(t).all() for t in weights)
 

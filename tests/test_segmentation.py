@@ -3,6 +3,7 @@ dataset-level IoU; a classifier's backbone transfers into it."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,10 @@ from mnistlab.data.idx import read_idx
 from mnistlab.image_files import ink_band_height
 from mnistlab.models import FCN
 from mnistlab.override_errors import one_line
+from mnistlab.tasks.registry import load_datamodule, load_task
 from mnistlab.tools import evaluate, inspect_model, predict
 
-from .conftest import FAST, run_in_process, run_script, train_in_process
+from .conftest import FAST, older_checkpoint, run_in_process, run_script, train_in_process
 
 SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
          "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
@@ -81,6 +83,12 @@ def test_a_segmentation_run_trains_tests_and_logs_dataset_level_iou(synthetic_ro
         assert mask.size == (252, 90)
     palette = {tuple(c) for c in (colour_masks(torch.arange(12)[None, None], 11, 11) * 255).byte()[0, :, 0].T.tolist()}
     assert colours <= palette
+
+    # A checkpoint from before checkpoints named their task is recognised as a segmentation run's by its data.
+    older = older_checkpoint(Path(checkpoint), tmp_path / "older.ckpt")
+    module, data = load_task(older, "ckpt_path"), load_datamodule(older, {})
+    assert type(module).__name__ == "Segmenter" and type(data).__name__ == "CanvasDataModule"
+    assert float(module.val_best.compute()) == pytest.approx(metrics["val/miou_best"])
 
 
 def test_the_page_scale_is_the_height_of_its_lines_of_ink():

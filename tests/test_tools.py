@@ -25,7 +25,7 @@ from mnistlab.tools import conv_basics, evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution
 from mnistlab.tools.inspect_model import layer_table
 
-from .conftest import FAST, REPO, offline_env, run_in_process, train_in_process
+from .conftest import FAST, REPO, offline_env, older_checkpoint, run_in_process, train_in_process
 
 TOOLS = {"mnistlab-eval": evaluate.main, "mnistlab-predict": predict.main, "mnistlab-export": export.main,
          "mnistlab-inspect": inspect_model.main}
@@ -205,6 +205,18 @@ def test_eval_on_another_folder_needs_only_its_test_files(trained, tmp_path):
     per_class = evaluated["per_class_acc"]
     weighted = sum(per_class[str(c)] * int((labels == c).sum()) for c in range(10)) / len(labels)
     assert evaluated["images"] == 120 and abs(weighted - evaluated["test/acc"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_an_older_checkpoint_loads_as_a_classifier_and_resumes_with_its_best_so_far(trained, tmp_path, synthetic_root):
+    checkpoint, metrics = trained
+    older = older_checkpoint(checkpoint, tmp_path / "older.ckpt")
+    module, data = load_task(older, "ckpt_path"), load_datamodule(older, {})
+    assert type(module).__name__ == "Classifier" and type(data).__name__ == "MNISTDataModule"
+    assert float(module.val_best.compute()) == pytest.approx(metrics["val/acc_best"])
+    resumed = train_in_process(tmp_path / "resumed", f"data.root={synthetic_root}", *FAST, "callbacks=minimal",
+                               f"ckpt_path={older}", "trainer.max_epochs=3")
+    assert resumed["epochs"] == 3 and resumed["val/acc_best"] >= metrics["val/acc_best"]
 
 
 @pytest.mark.slow

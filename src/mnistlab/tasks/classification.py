@@ -78,8 +78,8 @@ class Classifier(pl.LightningModule):
         self.train_totals: torch.Tensor | None = None  # see training_step
         self.val_acc = MulticlassAccuracy(**metric)
         self.test_acc = MulticlassAccuracy(**metric)
-        self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best so far
+        self.val_best = MaxMetric()  # the best validation value so far: accuracy here, a subclass's own metric
+        self.val_best.persistent(True)  # saved in checkpoints, so a resumed run keeps its best so far
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.net if self.compiled_net is None else self.compiled_net)(x)
@@ -114,6 +114,9 @@ class Classifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.trained_precision = checkpoint.get("precision", "32-true")  # for mnistlab-eval
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith("val_acc_best.")]:  # its name in older checkpoints
+            state["val_best." + key.removeprefix("val_acc_best.")] = state.pop(key)
 
     def mixing_now(self) -> bool:
         """Mix this batch? With probability mix_prob, and never in the last mix_off_last_epochs epochs."""
@@ -217,8 +220,8 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return  # the sanity check's two batches are not a validation result
-        self.val_acc_best.update(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.val_best.update(self.val_acc.compute())
+        self.log("val/acc_best", self.val_best.compute(), prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)

@@ -83,8 +83,8 @@ class Segmenter(Classifier):
         miou = self.log_iou("val", self.val_iou, self.val_acc)
         if self.trainer.sanity_checking:
             return  # the sanity check's batches are not a validation result
-        self.val_acc_best.update(miou)
-        self.log("val/miou_best", self.val_acc_best.compute(), prog_bar=True)
+        self.val_best.update(miou)
+        self.log("val/miou_best", self.val_best.compute(), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         self.log_iou("test", self.test_iou, self.test_acc)
