@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mnistlab.errors import ConfigError
 from mnistlab.tasks.registry import load_datamodule, load_task
 from mnistlab.tools.benchmark import main as bench_main
 from mnistlab.tools.evaluate import evaluate
@@ -79,3 +80,18 @@ def test_the_benchmark_times_the_task_against_a_plain_loop_of_its_own(synthetic_
     assert "400 framed digits, 200 validation" in result.stdout
     (row,) = json.loads(out.read_text())["batch_sweep"]
     assert row["steps"] == 400 // 32 and all(t > 0 for t in (row["a2_seconds"], row["b_seconds"]))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_names_only_known_tasks_and_their_data_modules(place_run, tmp_path):
+    saved = torch.load(place_run["best_checkpoint"], map_location="cpu", weights_only=True)
+    canvases = "mnistlab.data.canvas.CanvasDataModule"  # a real data module, but not the toy task's
+    for key, named, expected in (
+            ("task", "os.system", "its task 'os.system' is not a known mnistlab task, and nothing of it ran"),
+            ("data", canvases, f"its data module '{canvases}' is not tests.toy_task.FramedDigits or an imported "
+                               "subclass")):
+        hostile = tmp_path / f"{key}.ckpt"
+        torch.save({**saved, "mnistlab": {**saved["mnistlab"], key: named}}, hostile)
+        with pytest.raises(ConfigError) as caught:
+            load_task(hostile, "ckpt_path") if key == "task" else load_datamodule(hostile, {})
+        assert str(caught.value).startswith(f"ckpt_path={hostile}: {expected}")
