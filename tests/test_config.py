@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from mnistlab.config import CONFIG_DIR, compose_run_config, spell_trainer_overrides, unknown_choice
+from mnistlab.config import CONFIG_DIR, compose_run_config, group_options, spell_trainer_overrides, unknown_choice
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
@@ -119,19 +119,42 @@ def test_a_trainer_typo_is_one_line_from_train_py(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml")))
+@pytest.mark.parametrize("option", group_options("scheduler"))
 def test_a_scheduler_config_is_the_one_place_its_defaults_are_stated(option):
     """A value the yaml sets and the function's signature sets too can disagree (warmup_min_steps did: 100 and 0)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    settings = compose_train(f"scheduler={option}").scheduler
+    parameters = inspect.signature(get_method(settings["_target_"])).parameters
+    stated_twice = [key for key in settings if not key.startswith("_")
+                    and parameters[key].default is not inspect.Parameter.empty]
+    assert stated_twice == []
+
+
+WARMUP_KEYS = ("warmup_epochs", "warmup_start_factor", "warmup_min_steps")
+
+
+def test_the_warmup_settings_are_written_once_and_every_schedule_with_a_warmup_composes_them():
+    """Four scheduler configs each repeated the three warmup keys; configs/scheduler/_warmup.yaml states them, and a
+    schedule writes one again only to give it another value (cosine's half epoch)."""
     import inspect
 
     import yaml
     from hydra.utils import get_method
 
-    settings = yaml.safe_load((CONFIG_DIR / "scheduler" / f"{option}.yaml").read_text())
-    parameters = inspect.signature(get_method(settings["_target_"])).parameters
-    stated_twice = [key for key in settings if not key.startswith("_")
-                    and parameters[key].default is not inspect.Parameter.empty]
-    assert stated_twice == []
+    shared = yaml.safe_load((CONFIG_DIR / "scheduler" / "_warmup.yaml").read_text())
+    assert sorted(shared) == sorted(WARMUP_KEYS)
+    for option in group_options("scheduler"):
+        own = yaml.safe_load((CONFIG_DIR / "scheduler" / f"{option}.yaml").read_text())
+        assert [key for key in WARMUP_KEYS if key in own and own[key] == shared[key]] == [], option
+        parameters = inspect.signature(get_method(own["_target_"])).parameters
+        if all(key in parameters for key in WARMUP_KEYS):  # onecycle takes warmup_epochs only, to refuse it
+            settings = compose_train(f"scheduler={option}", "scheduler.warmup_epochs=2").scheduler
+            assert {key: settings[key] for key in WARMUP_KEYS} == {**shared, "warmup_epochs": 2}, option
+    assert compose_train("+experiment=warmup").scheduler.warmup_epochs == 1
+    assert "_warmup" not in group_options("scheduler")  # part of a schedule, not a choice
 
 
 def test_the_not_learning_tolerance_has_one_rule_and_the_stop_takes_every_value_it_allows():

@@ -106,7 +106,7 @@ def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
 
 # Learning-rate schedules -----------------------------------------------------------------------------------
 
-# The warmup settings of configs/scheduler/*.yaml, off: the schedules have no defaults of their own.
+# The warmup settings of configs/scheduler/_warmup.yaml, off: the schedules have no defaults of their own.
 NO_WARMUP = {"warmup_epochs": 0, "warmup_start_factor": 0.01, "warmup_min_steps": 0}
 
 
