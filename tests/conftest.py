@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
+from hydra.utils import get_object
+from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
 
 from mnistlab import train as train_module
-from mnistlab.config import compose_run_config
+from mnistlab.config import compose_run_config, stated_settings
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.train import train
 
@@ -30,6 +31,14 @@ FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=500", "
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=1200, n_test=300)
+
+
+def configured(section: str, *choices: str, **settings):
+    """What `section` (`data`, `callbacks.ema`) of a run with the group `choices` (`task=segmentation`) builds, from
+    the settings configs/ states for it with `settings` on top: a test gives what it tests, configs/ the rest (the
+    classes have no defaults of their own)."""
+    stated = OmegaConf.to_container(stated_settings(section, choices), resolve=True)
+    return get_object(stated.pop("_target_"))(**{**stated, **settings})
 
 
 def offline_env() -> dict:

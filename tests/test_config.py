@@ -168,3 +168,31 @@ def test_the_not_learning_tolerance_has_one_rule_and_the_stop_takes_every_value_
     for refused in (0, 1, -0.1):
         with pytest.raises(ConfigError, match=rf"^callbacks.not_learning.tolerance={refused} must be in \(0, 1\)$"):
             check_config(compose_run_config([f"callbacks.not_learning.tolerance={refused}"]))
+
+
+def saved_checkpoint(path, data: dict, **saved) -> str:
+    """A checkpoint as mnistlab writes one, its data module's settings `data` (those of an older mnistlab lack the
+    settings added since); its weights and model do not matter to the data."""
+    from mnistlab.checkpoints import CHECKPOINT_FORMAT, MNISTLAB_KEY
+
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 1,
+                MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT},
+                "hyper_parameters": {"model": {"_target_": "mnistlab.models.SeedNet"}},
+                "datamodule_hyper_parameters": data, **saved}, path)
+    return str(path)
+
+
+def test_a_checkpoint_without_a_data_setting_gets_it_as_configs_states_it(tmp_path):
+    """The data module's signature said seed=0 and steps_per_execution=1 where configs/data/mnist.yaml says ${seed}
+    and auto, so a checkpoint saved before a setting existed loaded another value than its run had; the canvases'
+    eval_batch_size was 1000 there, 250 in configs/task/segmentation.yaml."""
+    from mnistlab.checkpoints import load_datamodule
+
+    digits = load_datamodule(saved_checkpoint(tmp_path / "digits.ckpt", {"name": "fashion_mnist", "root": "x"}), {})
+    cfg = compose_train("data=fashion_mnist")
+    assert (digits.seed, digits.steps_per_execution, digits.val_size) == (cfg.seed, "auto", cfg.data.val_size)
+    assert digits.hparams.recipe_augment is None  # fashion_mnist's own, not mnist's
+    canvases = load_datamodule(saved_checkpoint(tmp_path / "canvases.ckpt", {"name": "mnist", "canvas_size": 48}), {})
+    cfg = compose_train("task=segmentation")
+    assert (canvases.canvas_size, canvases.eval_batch_size, canvases.seed) == (48, cfg.data.eval_batch_size, cfg.seed)
+    assert canvases.canvases == {split: cfg.data[f"{split}_canvases"] for split in ("train", "val", "test")}

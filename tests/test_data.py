@@ -10,10 +10,12 @@ from mnistlab.data.idx import read_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError
 
+from .conftest import configured
+
 
 def make_module(root, **kwargs) -> MNISTDataModule:
     settings = dict(root=str(root), val_size=200, batch_size=64, eval_batch_size=100, download=False) | kwargs
-    module = MNISTDataModule(**settings)
+    module = configured("data", **settings)
     module.setup("fit")
     return module
 
@@ -122,7 +124,7 @@ def test_augmentation_touches_the_training_split_only(synthetic_root):
 
 
 def test_missing_files_offline_give_one_line_naming_folder_and_files(tmp_path):
-    module = MNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
+    module = configured("data", root=str(tmp_path / "nowhere"), download=False)
     module.prepare_data()
     with pytest.raises(DataError) as info:
         module.setup("fit")

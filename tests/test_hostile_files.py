@@ -16,6 +16,8 @@ from mnistlab.errors import ConfigError, DataError
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.predict import read_grayscale
 
+from .conftest import configured
+
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
 
 
@@ -184,11 +186,10 @@ def test_tool_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_pat
 
 
 def test_an_empty_split_is_one_line_before_training(tmp_path):
-    from mnistlab.data.digits import MNISTDataModule
 
     root = tmp_path / "data"
     for prefix, count in (("train", 50), ("t10k", 0)):
         write_idx(root / f"{prefix}-images-idx3-ubyte", np.zeros((count, 28, 28), dtype=np.uint8))
         write_idx(root / f"{prefix}-labels-idx1-ubyte", np.zeros(count, dtype=np.uint8))
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds no images: the test split needs at least one"):
-        MNISTDataModule(root=str(root), val_size=10, download=False).setup()
+        configured("data", root=str(root), val_size=10, download=False).setup()

@@ -3,15 +3,16 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.tasks.classification import Classifier
+
+from .conftest import configured
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}
 
 
 def fit(module, root, **trainer_args) -> pl.Trainer:
-    data = MNISTDataModule(root=str(root), val_size=200, batch_size=32, eval_batch_size=200, download=False)
+    data = configured("data", root=str(root), val_size=200, batch_size=32, eval_batch_size=200, download=False)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, **trainer_args)
     trainer.fit(module, datamodule=data)

@@ -10,12 +10,11 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
 from mnistlab.checkpoints import existing_checkpoint
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import SeedNet
 from mnistlab.tasks.classification import Classifier, load_classifier
 
-from .conftest import RecordWeights
+from .conftest import RecordWeights, configured
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -180,7 +179,7 @@ def test_linear_scaling_rule_sets_the_optimizer_lr_from_the_batch(synthetic_root
     assert tricks.linear_scaled_lr(0.1, 1024) == pytest.approx(0.4)
     module = Classifier(MODEL, SGD, {}, linear_lr_scaling=True)
     trainer = attach_trainer(module)
-    trainer.datamodule = MNISTDataModule(root=str(synthetic_root), batch_size=512)
+    trainer.datamodule = configured("data", root=str(synthetic_root), batch_size=512)
     assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.1 * 512 / 256)
 
 
@@ -362,7 +361,9 @@ def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, sy
     # bf16 inputs.
     teacher = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
     student = Classifier(MODEL, SGD, {}, distill_teacher=teacher)
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    # A Lightning step per batch: Lightning converts a batch to bf16, not a group of them (runs take no bf16-true).
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
     trainer = pl.Trainer(accelerator="cpu", precision="bf16-true", max_epochs=1, limit_train_batches=2,
                          limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
@@ -397,7 +398,9 @@ def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_sour
 def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic_root):
     module = Classifier(MODEL, SGD, {})
     record, ema = RecordWeights(), EMAWeightAveraging(decay=0.9)
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    # One optimizer step per Lightning step: the recording callback sees every step's weights.
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=6, limit_val_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          callbacks=[record, ema])

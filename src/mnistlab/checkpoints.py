@@ -1,7 +1,6 @@
 """Reading checkpoints back, safely: for the tools, a teacher, a transfer, a resumed run. A missing, corrupt,
 unsafe or foreign file is one line naming the setting that pointed at it."""
 
-import inspect
 import pickle
 import re
 import zipfile
@@ -11,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mnistlab import __version__
+from mnistlab.config import group_options, missing_settings
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.ensemble import Ensemble
@@ -189,17 +189,20 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNI
         data = OmegaConf.load(run_config).data
         saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
                  for key in data if key != "_target_"}
-    kinds = (MNISTDataModule, CanvasDataModule) if is_segmentation(contents) else (MNISTDataModule,)
-    defaults = {name: p.default for kind in kinds for name, p in inspect.signature(kind).parameters.items()
-                if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    settings = {**defaults, **(saved or {}), "download": False}
+    segmentation = is_segmentation(contents)
+    # Every data setting as configs/ states it for this dataset: what a checkpoint saved before one existed lacks.
+    dataset = (saved or {}).get("name")
+    choices = ([f"data={dataset}"] if dataset in group_options("data") else []) + (
+        ["task=segmentation"] if segmentation else [])
+    stated = missing_settings("data", {}, tuple(choices))
+    settings = {**stated, **(saved or {}), "download": False}
     for key, value in overrides.items():
         name = key.removeprefix("data.")
-        if name not in defaults or name in ("augment", "recipe_augment"):
-            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
+        if name not in stated or name in ("augment", "recipe_augment"):
+            allowed = ", ".join(f"data.{k}" for k in stated if k not in ("augment", "recipe_augment"))
             raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
-        settings[name] = setting_value(key, value, defaults[name])
-    return kinds[-1](**settings)
+        settings[name] = setting_value(key, value, stated[name])
+    return (CanvasDataModule if segmentation else MNISTDataModule)(**settings)
 
 
 def setting_value(key: str, value: object, default: object) -> object:

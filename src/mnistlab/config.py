@@ -1,7 +1,9 @@
-"""Composing configs/: the run config of `python train.py` overrides, a dataset's identity, Trainer options
-spelled without `+`, and bad overrides as one line."""
+"""Composing configs/: the run config of `python train.py` overrides, the settings configs/ states (the only
+defaults of what they configure), a dataset's identity, Trainer options spelled without `+`, and bad overrides as
+one line."""
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -229,6 +231,33 @@ def compose_run_config(args: list[str], output_dir: str | None = None) -> DictCo
         cfg.hydra.runtime.output_dir = output_dir or cfg.hydra.run.dir
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@functools.cache
+def _composed(choices: tuple[str, ...]) -> DictConfig:
+    """train.yaml composed with `choices`, read-only (shared by every caller)."""
+    if GlobalHydra.instance().is_initialized():  # inside a run (a teacher read as it starts): the same configs/
+        cfg = compose("train", overrides=list(choices))
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(choices))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def stated_settings(section: str, choices: tuple[str, ...] = ()) -> DictConfig:
+    """`section` (`data`, `tricks`, `callbacks.ema`) of train.yaml composed with the group `choices`
+    (`task=segmentation`): the settings configs/ states for it. The classes they configure take no defaults of
+    their own, so this is where a setting missing from a checkpoint saved before it existed comes from. Unresolved:
+    a key read from it resolves its interpolation against the whole composed config."""
+    return OmegaConf.select(_composed(tuple(choices)), section)
+
+
+def missing_settings(section: str, given: dict, choices: tuple[str, ...] = ()) -> dict:
+    """The settings of `section` (see stated_settings) that `given` lacks, resolved one by one, as plain values."""
+    stated = stated_settings(section, choices)
+    return {key: OmegaConf.to_object(stated[key]) if OmegaConf.is_config(stated[key]) else stated[key]
+            for key in stated if not key.startswith("_") and key not in given}
 
 
 DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")  # what makes a dataset
