@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback
 from mnistlab import train as train_module
 from mnistlab.config import compose_run_config, stated_settings
 from mnistlab.data.synthetic import write_synthetic_dataset
+from mnistlab.tasks.classification import Classifier
 from mnistlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,12 @@ def configured(section: str, *choices: str, **settings):
     classes have no defaults of their own)."""
     stated = OmegaConf.to_container(stated_settings(section, choices), resolve=True)
     return get_object(stated.pop("_target_"))(**{**stated, **settings})
+
+
+def classifier(model: dict, optimizer: dict, scheduler: dict | None = None, **tricks) -> Classifier:
+    """A Classifier of `model` with the tricks configs/train.yaml states, `tricks` on top."""
+    stated = OmegaConf.to_container(stated_settings("tricks"), resolve=True)
+    return Classifier(model, optimizer, scheduler, **{**stated, **tricks})
 
 
 def offline_env() -> dict:

@@ -196,3 +196,29 @@ def test_a_checkpoint_without_a_data_setting_gets_it_as_configs_states_it(tmp_pa
     cfg = compose_train("task=segmentation")
     assert (canvases.canvas_size, canvases.eval_batch_size, canvases.seed) == (48, cfg.data.eval_batch_size, cfg.seed)
     assert canvases.canvases == {split: cfg.data[f"{split}_canvases"] for split in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize(("choices", "dropped"), [((), "channels_last"), (("task=segmentation",), "ignore_index")])
+def test_a_checkpoint_without_a_trick_or_task_setting_gets_it_as_configs_states_it(tmp_path, choices, dropped):
+    """The tricks' defaults were written in configs/train.yaml and again in the Classifier's signature (the
+    segmentation task's ignore_index in configs/task/segmentation.yaml and the Segmenter's): a checkpoint saved
+    before a setting existed gets it from configs/ alone."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf, open_dict
+
+    from mnistlab.tasks.classification import load_classifier
+    from mnistlab.train import build_task
+
+    cfg = compose_run_config(list(choices))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    trainer = pl.Trainer(accelerator="cpu", logger=False)
+    trainer.strategy.connect(build_task(cfg))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    del saved["hyper_parameters"][dropped]
+    saved["datamodule_hyper_parameters"] = OmegaConf.to_container(cfg.data, resolve=True)  # canvases or digits
+    torch.save(saved, tmp_path / "older.ckpt")
+    loaded = load_classifier(tmp_path / "older.ckpt", "ckpt_path")
+    stated = cfg.task[dropped] if dropped in cfg.task else cfg.tricks[dropped]
+    assert loaded.hparams[dropped] == stated and type(loaded).__name__ == cfg.task._target_.rsplit(".", 1)[1]

@@ -17,9 +17,8 @@ from mnistlab.callbacks.averaging import EMA
 from mnistlab.callbacks.stops import StopIfNotLearning
 from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError, NotLearningError
-from mnistlab.tasks.classification import Classifier
 
-from .conftest import FAST, REPO, RecordWeights, configured, offline_env, train_main
+from .conftest import FAST, REPO, RecordWeights, classifier, configured, offline_env, train_main
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
@@ -73,7 +72,7 @@ def test_ema_decay_warms_up_and_reaches_its_cap():
 
 
 def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     record, ema = RecordWeights(), EMA(decay=0.95, warmup=4)
     # One optimizer step per Lightning step: the recording callback sees every step's weights.
     data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
@@ -120,7 +119,7 @@ def fit_with_stop(synthetic_root, loss: float | None, epochs: int = 2, min_steps
     torch.manual_seed(0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[*before, stop])
-    trainer.fit(Classifier(MODEL, {**SGD, "lr": 0.02}, {}), datamodule=data)
+    trainer.fit(classifier(MODEL, {**SGD, "lr": 0.02}, {}), datamodule=data)
     return stop, trainer
 
 

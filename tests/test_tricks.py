@@ -14,7 +14,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import SeedNet
 from mnistlab.tasks.classification import Classifier, load_classifier
 
-from .conftest import RecordWeights, configured
+from .conftest import RecordWeights, classifier, configured
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -37,7 +37,7 @@ def batch(n: int = 8, seed: int = 0):
 
 def test_label_smoothing_loss_equals_the_closed_form():
     torch.manual_seed(0)
-    module = Classifier(MODEL, SGD, {}, label_smoothing=0.1)
+    module = classifier(MODEL, SGD, {}, label_smoothing=0.1)
     x, y = batch()
     loss, logits, labels = module.training_loss(x, y)
     log_p = F.log_softmax(logits, dim=1)
@@ -73,7 +73,7 @@ def test_cutmix_pastes_a_box_and_mixes_targets_by_its_area():
 
 
 def test_mixup_with_label_smoothing_smooths_once_and_scores_the_dominant_label():
-    module = Classifier(MODEL, SGD, {}, label_smoothing=0.1, mixup_alpha=0.4)
+    module = classifier(MODEL, SGD, {}, label_smoothing=0.1, mixup_alpha=0.4)
     attach_trainer(module)
     x, y = batch()
     torch.manual_seed(11)
@@ -88,7 +88,7 @@ def test_mixup_with_label_smoothing_smooths_once_and_scores_the_dominant_label()
 
 
 def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
-    module = Classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_off_last_epochs=1)
+    module = classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_off_last_epochs=1)
     attach_trainer(module, max_epochs=3, epoch=1)
     assert module.mixing_now()
     attach_trainer(module, max_epochs=3, epoch=2)
@@ -96,7 +96,7 @@ def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
     x, y = batch()
     _, _, labels = module.training_loss(x, y)
     assert torch.equal(labels, y)
-    half = Classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_prob=0.5)
+    half = classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_prob=0.5)
     attach_trainer(half)
     torch.manual_seed(0)
     share = sum(half.mixing_now() for _ in range(2000)) / 2000
@@ -177,7 +177,7 @@ def test_impossible_schedules_are_config_errors(make, says):
 
 def test_linear_scaling_rule_sets_the_optimizer_lr_from_the_batch(synthetic_root):
     assert tricks.linear_scaled_lr(0.1, 1024) == pytest.approx(0.4)
-    module = Classifier(MODEL, SGD, {}, linear_lr_scaling=True)
+    module = classifier(MODEL, SGD, {}, linear_lr_scaling=True)
     trainer = attach_trainer(module)
     trainer.datamodule = configured("data", root=str(synthetic_root), batch_size=512)
     assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.1 * 512 / 256)
@@ -186,7 +186,7 @@ def test_linear_scaling_rule_sets_the_optimizer_lr_from_the_batch(synthetic_root
 # No bias decay, BatchNorm, stride, kernels ------------------------------------------------------------------
 
 def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
-    module = Classifier({**MODEL, "batch_norm": True}, SGD, {}, no_bias_decay=True)
+    module = classifier({**MODEL, "batch_norm": True}, SGD, {}, no_bias_decay=True)
     decay, no_decay = module.configure_optimizers().param_groups
     names = {id(p): n for n, p in module.net.named_parameters()}
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
@@ -195,7 +195,7 @@ def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
         "backbone.bn1.bias", "backbone.bn1.weight", "backbone.bn2.bias", "backbone.bn2.weight", "head.bn3.bias",
         "head.bn3.weight", "head.fc2.bias"]
-    plain = Classifier(MODEL, SGD, {}).configure_optimizers().param_groups
+    plain = classifier(MODEL, SGD, {}).configure_optimizers().param_groups
     assert len(plain) == 1 and plain[0]["weight_decay"] == 5e-4 and len(plain[0]["params"]) == 8
 
 
@@ -257,10 +257,10 @@ def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
 
 
 def test_channels_last_puts_the_convolutions_in_nhwc():
-    module = Classifier(MODEL, SGD, {}, channels_last=True)
+    module = classifier(MODEL, SGD, {}, channels_last=True)
     # conv2's weights, [50, 20, 5, 5]: with one input channel, conv1's are contiguous in both formats
     assert module.net.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not Classifier(MODEL, SGD, {}, channels_last=False).net.backbone.conv2.weight.is_contiguous(
+    assert not classifier(MODEL, SGD, {}, channels_last=False).net.backbone.conv2.weight.is_contiguous(
         memory_format=torch.channels_last)
     assert module(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -289,8 +289,8 @@ def save_checkpoint(module: Classifier, path) -> str:
 
 
 def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_path):
-    teacher_path = save_checkpoint(Classifier({**MODEL, "batch_norm": True}, SGD, {}), tmp_path / "teacher.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=teacher_path, distill_weight=0.5, distill_temperature=4)
+    teacher_path = save_checkpoint(classifier({**MODEL, "batch_norm": True}, SGD, {}), tmp_path / "teacher.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=teacher_path, distill_weight=0.5, distill_temperature=4)
     student.train()
     assert not student.teacher.training and not any(p.requires_grad for p in student.teacher.parameters())
     x, y = batch()
@@ -306,14 +306,14 @@ def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_p
 
 def test_a_missing_teacher_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"tricks.distill_teacher=.*nope.ckpt: no such checkpoint file"):
-        Classifier(MODEL, SGD, {}, distill_teacher=str(tmp_path / "nope.ckpt"))
+        classifier(MODEL, SGD, {}, distill_teacher=str(tmp_path / "nope.ckpt"))
 
 
 def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path):
     torch.manual_seed(0)
-    paths = [save_checkpoint(Classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
+    paths = [save_checkpoint(classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
              for i, bn in enumerate((True, False))]
-    student = Classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
+    student = classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
     members = [load_classifier(path, "test").net.eval() for path in paths]
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -330,22 +330,22 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
 ])
 def test_a_teacher_that_is_not_a_path_or_a_list_of_paths_is_a_config_error(teacher, says):
     with pytest.raises(ConfigError) as info:
-        Classifier(MODEL, SGD, {}, distill_teacher=teacher)
+        classifier(MODEL, SGD, {}, distill_teacher=teacher)
     assert str(info.value).startswith(says)
 
 
 def test_a_missing_member_of_a_teacher_ensemble_is_named(tmp_path):
-    good = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "good.ckpt")
+    good = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "good.ckpt")
     with pytest.raises(ConfigError, match=r"^tricks.distill_teacher=.*gone.ckpt: no such checkpoint file$"):
-        Classifier(MODEL, SGD, {}, distill_teacher=[good, str(tmp_path / "gone.ckpt")])
+        classifier(MODEL, SGD, {}, distill_teacher=[good, str(tmp_path / "gone.ckpt")])
 
 
 # Transfer learning -----------------------------------------------------------------------------------------
 
 def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_convs(tmp_path):
-    source = Classifier(MODEL, SGD, {})
+    source = classifier(MODEL, SGD, {})
     path = save_checkpoint(source, tmp_path / "mnist.ckpt")
-    target = Classifier({**MODEL, "num_classes": 5}, SGD, {}, init_from=path, freeze_conv=True)
+    target = classifier({**MODEL, "num_classes": 5}, SGD, {}, init_from=path, freeze_conv=True)
     for name in ("backbone.conv1.weight", "backbone.conv2.bias", "head.fc1.weight"):
         assert torch.equal(target.net.state_dict()[name], source.net.state_dict()[name])
     assert target.net.head.fc2.weight.shape == (5, 500)
@@ -353,14 +353,14 @@ def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_co
     trained = {id(p) for g in target.configure_optimizers().param_groups for p in g["params"]}
     assert id(target.net.backbone.conv1.weight) not in trained and id(target.net.head.fc2.weight) in trained
     with pytest.raises(ConfigError, match="its backbone does not fit"):
-        Classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
+        classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
 
 
 def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, synthetic_root):
     # Lightning converts only submodules to bf16-true; the teacher (not one) must follow, or its fp32 weights meet
     # bf16 inputs.
-    teacher = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=teacher)
+    teacher = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=teacher)
     # A Lightning step per batch: Lightning converts a batch to bf16, not a group of them (runs take no bf16-true).
     data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
                       steps_per_execution=1)
@@ -375,15 +375,15 @@ def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, sy
 
 def test_a_list_where_one_checkpoint_is_taken_is_one_line():
     with pytest.raises(ConfigError, match=r"^tricks.init_from=\['a.ckpt'\] must be null or one checkpoint path$"):
-        Classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
+        classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
     with pytest.raises(ConfigError, match=r"^ckpt_path=\['a.ckpt', 'b.ckpt'\]: takes one checkpoint path$"):
         existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
 
 
 def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_source(tmp_path):
-    earlier = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=earlier)
-    transferred = Classifier(MODEL, SGD, {}, init_from=earlier, freeze_conv=True)
+    earlier = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=earlier)
+    transferred = classifier(MODEL, SGD, {}, init_from=earlier, freeze_conv=True)
     paths = [save_checkpoint(module, tmp_path / f"{name}.ckpt")
              for name, module in (("student", student), ("transferred", transferred))]
     (tmp_path / "earlier.ckpt").unlink()  # tools, and teachers, need only the checkpoint's own weights
@@ -396,7 +396,7 @@ def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_sour
 # Weight averaging ------------------------------------------------------------------------------------------
 
 def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic_root):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     record, ema = RecordWeights(), EMAWeightAveraging(decay=0.9)
     # One optimizer step per Lightning step: the recording callback sees every step's weights.
     data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
@@ -426,5 +426,5 @@ def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic
 ])
 def test_out_of_range_tricks_are_config_errors(setting, says):
     with pytest.raises(ConfigError) as info:
-        Classifier(MODEL, SGD, {}, **setting)
+        classifier(MODEL, SGD, {}, **setting)
     assert str(info.value).startswith(says)

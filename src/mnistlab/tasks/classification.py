@@ -19,6 +19,7 @@ from mnistlab.checkpoints import (
     read_checkpoint,
     unreadable_reason,
 )
+from mnistlab.config import missing_settings
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, StepHooks, optimizer_steps_per_epoch
 from mnistlab.models.registry import build_network
@@ -29,19 +30,18 @@ class Classifier(pl.LightningModule):
     """Trains the network `model` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus
     the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the run's length).
 
-    The remaining arguments are the bag-of-tricks switches, all off by default (configs/train.yaml `tricks`).
-    Everything is saved in the checkpoint, so `load_classifier(path)` rebuilds the exact network without the
-    run's config files (and without the run's teacher or transfer source).
+    The remaining arguments are the bag-of-tricks settings, every one given: configs/train.yaml `tricks` states
+    them (all off) and is their only default. Everything is saved in the checkpoint, so `load_classifier(path)`
+    rebuilds the exact network without the run's config files (and without the run's teacher or transfer source).
     """
 
     TRAIN_ACCURACY = "train/acc"
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, label_smoothing: float = 0.0,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
-                 mix_off_last_epochs: int = 0, no_bias_decay: bool = False, linear_lr_scaling: bool = False,
-                 distill_teacher: str | list[str] | None = None, distill_weight: float = 0.5,
-                 distill_temperature: float = 4.0,
-                 init_from: str | None = None, freeze_conv: bool = False, channels_last: bool | str = "auto"):
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, *, label_smoothing: float,
+                 mixup_alpha: float, cutmix_alpha: float, mix_prob: float, mix_off_last_epochs: int,
+                 no_bias_decay: bool, linear_lr_scaling: bool, distill_teacher: str | list[str] | None,
+                 distill_weight: float, distill_temperature: float, init_from: str | None, freeze_conv: bool,
+                 channels_last: bool | str):
         super().__init__()
         check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                           mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_teacher=distill_teacher,
@@ -241,15 +241,20 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
     ConfigError line. Its hparams read no teacher and no transfer source: the saved weights already hold what
     they gave."""
     path = existing_checkpoint(checkpoint, what)
-    kind = Classifier
-    if is_segmentation(read_checkpoint(path, what)):  # safe, and mnistlab's: else one line naming what is wrong
+    saved = read_checkpoint(path, what)  # safe, and mnistlab's: else one line naming what is wrong
+    kind, choices = Classifier, ()
+    if is_segmentation(saved):
         from mnistlab.tasks.segmentation import Segmenter  # it builds on this module
 
-        kind = Segmenter
+        kind, choices = Segmenter, ("task=segmentation",)
+    # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
+    given = saved.get("hyper_parameters") or {}
+    missing = {**missing_settings("tricks", given, choices), **missing_settings("task", given, choices)}
+    missing.pop("metrics", None)  # the task config's metric names, not an argument
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
         # needed (they may be gone).
-        return kind.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
-                                         freeze_conv=False)
+        return kind.load_from_checkpoint(path, map_location="cpu", **{
+            **missing, "distill_teacher": None, "init_from": None, "freeze_conv": False})
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None

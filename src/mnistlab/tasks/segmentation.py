@@ -20,8 +20,7 @@ class Segmenter(Classifier):
 
     TRAIN_ACCURACY = "train/pixel_acc"
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, ignore_index: int = 255,
-                 **tricks):
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, *, ignore_index: int, **tricks):
         for name in CLASSIFICATION_ONLY:
             if tricks.get(name):
                 raise ConfigError(f"tricks.{name}={tricks[name]}: a classification trick; segmentation trains on "
