@@ -12,7 +12,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
 from mnistlab.train import device_for_job
 
-from .conftest import REPO, train_main
+from .conftest import REPO, configured, train_main
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -159,12 +159,11 @@ def test_the_warmup_settings_are_written_once_and_every_schedule_with_a_warmup_c
 
 def test_the_not_learning_tolerance_has_one_rule_and_the_stop_takes_every_value_it_allows():
     """The rules table allowed tolerance=0 and the stop refused it: every allowed value must build the stop."""
-    from mnistlab.callbacks.stops import StopIfNotLearning
     from mnistlab.validation import check_config
 
     for allowed in (1e-6, 0.02, 0.999):
         check_config(compose_run_config([f"callbacks.not_learning.tolerance={allowed}"]))
-        assert StopIfNotLearning(10, tolerance=allowed).tolerance == allowed
+        assert configured("callbacks.not_learning", num_classes=10, tolerance=allowed).tolerance == allowed
     for refused in (0, 1, -0.1):
         with pytest.raises(ConfigError, match=rf"^callbacks.not_learning.tolerance={refused} must be in \(0, 1\)$"):
             check_config(compose_run_config([f"callbacks.not_learning.tolerance={refused}"]))

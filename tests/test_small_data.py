@@ -14,7 +14,6 @@ from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
 from mnistlab.callbacks.averaging import EMA
-from mnistlab.callbacks.stops import StopIfNotLearning
 from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError, NotLearningError
 
@@ -96,7 +95,7 @@ def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
 ])
 def test_bad_ema_settings_are_one_line(setting, says):
     with pytest.raises(ConfigError) as info:
-        EMA(**setting)
+        configured("callbacks.ema", "callbacks=ema", **setting)
     assert str(info.value) == says
 
 
@@ -114,7 +113,7 @@ def fit_with_stop(synthetic_root, loss: float | None, epochs: int = 2, min_steps
     # One optimizer step per Lightning step: ConstantLoss sets every step's loss.
     data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
                       steps_per_execution=1)
-    stop = StopIfNotLearning(num_classes=10, min_steps=min_steps)
+    stop = configured("callbacks.not_learning", num_classes=10, min_steps=min_steps)
     before = [ConstantLoss(loss)] if loss is not None else []
     torch.manual_seed(0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, limit_val_batches=0, logger=False,
