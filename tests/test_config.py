@@ -221,3 +221,20 @@ def test_a_checkpoint_without_a_trick_or_task_setting_gets_it_as_configs_states_
     loaded = load_classifier(tmp_path / "older.ckpt", "ckpt_path")
     stated = cfg.task[dropped] if dropped in cfg.task else cfg.tricks[dropped]
     assert loaded.hparams[dropped] == stated and type(loaded).__name__ == cfg.task._target_.rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize("option", group_options("hparams_search"))
+def test_a_search_config_states_only_what_it_changes_of_its_sweepers_settings(option):
+    """configs/hparams_search/optuna.yaml repeated five of the sweeper's own defaults (direction, storage, n_trials,
+    n_jobs, pruner): the sweeper's config (its dataclass in src/hydra_plugins/) states them once."""
+    import yaml
+    from hydra.core.config_store import ConfigStore
+
+    import hydra_plugins.mnistlab_optuna_sweeper  # noqa: F401  (registers its sweeper's config)
+
+    search = yaml.safe_load((CONFIG_DIR / "hparams_search" / f"{option}.yaml").read_text())
+    (sweeper,) = [entry["override /hydra/sweeper"] for entry in search["defaults"]
+                  if isinstance(entry, dict) and "override /hydra/sweeper" in entry]
+    own = ConfigStore.instance().load(f"hydra/sweeper/{sweeper}.yaml").node
+    changed = search["hydra"]["sweeper"]
+    assert [key for key, value in changed.items() if key in own and own[key] == value] == []
