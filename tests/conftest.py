@@ -16,10 +16,12 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
+from torch import nn
 
 from mnistlab import train as train_module
 from mnistlab.config import compose_run_config, stated_settings
 from mnistlab.data.synthetic import write_synthetic_dataset
+from mnistlab.models.registry import build_network
 from mnistlab.tasks.classification import Classifier
 from mnistlab.train import train
 
@@ -46,6 +48,11 @@ def classifier(model: dict, optimizer: dict, scheduler: dict | None = None, **tr
     """A Classifier of `model` with the tricks configs/train.yaml states, `tricks` on top."""
     stated = OmegaConf.to_container(stated_settings("tricks"), resolve=True)
     return Classifier(model, optimizer, scheduler, **{**stated, **tricks})
+
+
+def network(name: str, **settings) -> nn.Module:
+    """mnistlab.models.NAME with `settings`, the rest as configs/model/ states it (build_network fills them in)."""
+    return build_network({"_target_": f"mnistlab.models.{name}", **settings})
 
 
 def offline_env() -> dict:

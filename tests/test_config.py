@@ -5,14 +5,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mnistlab.config import CONFIG_DIR, compose_run_config, group_options, spell_trainer_overrides, unknown_choice
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
+from mnistlab.models.registry import build_network
 from mnistlab.train import device_for_job
 
-from .conftest import REPO, configured, train_main
+from .conftest import REPO, configured, network, train_main
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -31,7 +33,7 @@ def test_config_dir_is_the_repository_configs_in_a_checkout():
 def test_every_experiment_composes_with_plus_and_builds_its_parts(experiment):
     cfg = compose_train(f"+experiment={experiment}")
     assert cfg.name == experiment
-    net = instantiate(cfg.model)
+    net = build_network(OmegaConf.to_container(cfg.model, resolve=True))
     assert isinstance(net, (SeedNet, ResNet, FCN))
     scores = net.eval()(torch.zeros(2, *net.input_shape))
     pixels = tuple(net.input_shape[1:]) if isinstance(net, FCN) else ()  # segmentation scores every pixel
@@ -203,7 +205,7 @@ def test_a_checkpoint_without_a_trick_or_task_setting_gets_it_as_configs_states_
     segmentation task's ignore_index in configs/task/segmentation.yaml and the Segmenter's): a checkpoint saved
     before a setting existed gets it from configs/ alone."""
     import pytorch_lightning as pl
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from mnistlab.tasks.classification import load_classifier
     from mnistlab.train import build_task
@@ -238,3 +240,22 @@ def test_a_search_config_states_only_what_it_changes_of_its_sweepers_settings(op
     own = ConfigStore.instance().load(f"hydra/sweeper/{sweeper}.yaml").node
     changed = search["hydra"]["sweeper"]
     assert [key for key, value in changed.items() if key in own and own[key] == value] == []
+
+
+def test_a_checkpoint_without_a_model_setting_gets_it_as_configs_states_it(tmp_path):
+    """The networks' defaults were written in configs/model/ and again in their signatures: a model config saved
+    before a setting existed (dropout, say), or an FCN's backbone that names its network alone, gets the setting from
+    configs/model/ alone."""
+    from mnistlab.checkpoints import load_network
+
+    net = network("SeedNet")
+    state = {f"net.{name}": tensor for name, tensor in net.state_dict().items()}
+    older = {"_target_": "mnistlab.model.SeedNet", "num_classes": 10, "batch_norm": False}  # before models/
+    path = saved_checkpoint(tmp_path / "older.ckpt", {}, state_dict=state, hyper_parameters={"model": older})
+    loaded = load_network(path, "ckpt_path")
+    stated = compose_train().model
+    assert loaded.head.fc1.out_features == stated.hidden
+    assert loaded.backbone.conv1.kernel_size == (stated.kernel_size, stated.kernel_size)
+    assert isinstance(loaded.head.dropout, torch.nn.Identity) == (stated.dropout == 0)
+    fcn = network("FCN", backbone={"_target_": "mnistlab.models.ResNet"}, image_size=32)
+    assert fcn.feature_layers == ResNet.feature_layers and fcn.input_shape == (1, 32, 32)

@@ -14,7 +14,7 @@ from mnistlab.tools.export import main as export_main
 from mnistlab.tools.predict import main as predict_main
 from mnistlab.train import precheck
 
-from .conftest import run_in_process
+from .conftest import network, run_in_process
 
 MARKER = "mnistlab-test-pwned"
 
@@ -104,9 +104,7 @@ def hostile_model_configs(tmp_path: Path, marker: Path) -> dict[str, dict]:
 
 def checkpoint_naming(model: dict) -> dict:
     """A checkpoint as mnistlab writes one (weights_only-safe), whose saved model config is `model`."""
-    from mnistlab.models import SeedNet
-
-    state = {f"net.{name}": tensor for name, tensor in SeedNet().state_dict().items()}
+    state = {f"net.{name}": tensor for name, tensor in network("SeedNet").state_dict().items()}
     return {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 10,
             MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT},
             "hyper_parameters": {"model": model, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}},

@@ -16,7 +16,7 @@ from mnistlab.errors import ConfigError, DataError
 from mnistlab.tasks.classification import load_classifier
 from mnistlab.tools.predict import read_grayscale
 
-from .conftest import configured
+from .conftest import configured, network
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
 
@@ -99,9 +99,7 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
 
 
 def valid_checkpoint() -> dict:
-    from mnistlab.models import SeedNet
-
-    state = {f"net.{name}": tensor for name, tensor in SeedNet().state_dict().items()}
+    state = {f"net.{name}": tensor for name, tensor in network("SeedNet").state_dict().items()}
     return {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 10,
             MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT}, "loops": {}, "optimizer_states": [],
             "hyper_parameters": {"model": {"_target_": "mnistlab.models.SeedNet"},

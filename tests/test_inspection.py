@@ -26,9 +26,8 @@ from mnistlab.callbacks.views import (
 )
 from mnistlab.config import compose_run_config
 from mnistlab.hparams import compared_settings, flatten
-from mnistlab.models import SeedNet
 
-from .conftest import FAST, configured, run_script, train_in_process
+from .conftest import FAST, configured, network, run_script, train_in_process
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
@@ -90,7 +89,7 @@ def test_filter_and_feature_map_images_have_the_sizes_the_layers_imply(inspected
 def test_histograms_exist_for_every_weight_and_its_gradient(inspected_run):
     _, events = inspected_run
     histograms = set(events.Tags()["histograms"])
-    net = SeedNet(batch_norm=True)
+    net = network("SeedNet", batch_norm=True)
     for name, parameter in net.named_parameters():
         assert f"weights/{name}" in histograms and f"gradients/{name}" in histograms, name
         last = events.Histograms(f"weights/{name}")[-1].histogram_value
@@ -182,7 +181,7 @@ def test_tensorboard_serves_the_run_over_http(inspected_run):
 
 
 def test_grids_follow_the_network_shape():
-    net = SeedNet(kernel_size=3, conv_channels=(8, 16))
+    net = network("SeedNet", kernel_size=3, conv_channels=(8, 16))
     assert backbone_convolutions(net) == ["backbone.conv1", "backbone.conv2"]
     grids = filter_grids(net, backbone_convolutions(net), zoom=1)
     assert tuple(grids["backbone.conv1"].shape) == (3, *grid_size(tiles=8, per_row=10, tile=3))

@@ -11,10 +11,9 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 from mnistlab import schedules, tricks
 from mnistlab.checkpoints import existing_checkpoint
 from mnistlab.errors import ConfigError
-from mnistlab.models import SeedNet
 from mnistlab.tasks.classification import Classifier, load_classifier
 
-from .conftest import RecordWeights, classifier, configured
+from .conftest import RecordWeights, classifier, configured, network
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -200,7 +199,7 @@ def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
 
 
 def test_batch_norm_variant_has_no_conv_bias_and_a_norm_after_each_layer():
-    net = SeedNet(batch_norm=True)
+    net = network("SeedNet", batch_norm=True)
     assert net.backbone.conv1.bias is None and net.backbone.conv2.bias is None and net.head.fc1.bias is None
     assert net.head.fc2.bias is not None  # the classifier keeps its bias: no BatchNorm follows it
     norms = (net.backbone.bn1, net.backbone.bn2, net.head.bn3)
@@ -214,7 +213,7 @@ def test_batch_norm_variant_has_no_conv_bias_and_a_norm_after_each_layer():
 
 def test_stride_and_pool_variants_give_the_same_shapes_and_different_values():
     torch.manual_seed(0)
-    pool, stride = SeedNet(downsample="pool"), SeedNet(downsample="stride")
+    pool, stride = network("SeedNet", downsample="pool"), network("SeedNet", downsample="stride")
     stride.load_state_dict(pool.state_dict())
     x = torch.randn(64, 1, 28, 28)
     after_pool = F.max_pool2d(F.relu(pool.backbone.conv1(x)), 2)
@@ -227,7 +226,7 @@ def test_stride_and_pool_variants_give_the_same_shapes_and_different_values():
 
 @pytest.mark.parametrize(("kernel", "dilation", "side"), [(3, 1, 5), (5, 1, 4), (3, 2, 4), (5, 2, 1)])
 def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
-    net = SeedNet(kernel_size=kernel, dilation=dilation)
+    net = network("SeedNet", kernel_size=kernel, dilation=dilation)
     span = dilation * (kernel - 1) + 1  # the receptive field of one dilated kernel
     assert (((28 - span + 1) // 2) - span + 1) // 2 == side
     assert net.head.fc1.in_features == 50 * side * side
@@ -236,7 +235,7 @@ def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
 
 def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
     torch.manual_seed(0)
-    net, plain = SeedNet(dropout=0.5), SeedNet()
+    net, plain = network("SeedNet", dropout=0.5), network("SeedNet")
     plain.load_state_dict(net.state_dict())  # no parameters of its own: the same checkpoint keys
     x = torch.randn(256, 1, 28, 28)
     seen = {}
@@ -253,7 +252,7 @@ def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
 
 def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
     with pytest.raises(ConfigError, match="the conv stack leaves nothing of a 28x28 image"):
-        SeedNet(kernel_size=7, dilation=3)
+        network("SeedNet", kernel_size=7, dilation=3)
 
 
 def test_channels_last_puts_the_convolutions_in_nhwc():

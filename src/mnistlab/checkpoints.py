@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mnistlab import __version__
-from mnistlab.config import group_options, missing_settings
+from mnistlab.config import group_options, missing_settings, stated_settings
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models.ensemble import Ensemble
@@ -194,7 +194,7 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> MNI
     dataset = (saved or {}).get("name")
     choices = ([f"data={dataset}"] if dataset in group_options("data") else []) + (
         ["task=segmentation"] if segmentation else [])
-    stated = missing_settings("data", {}, tuple(choices))
+    stated = missing_settings(stated_settings("data", tuple(choices)), {})
     settings = {**stated, **(saved or {}), "download": False}
     for key, value in overrides.items():
         name = key.removeprefix("data.")

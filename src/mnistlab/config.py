@@ -245,7 +245,7 @@ def _composed(choices: tuple[str, ...]) -> DictConfig:
     return cfg
 
 
-def stated_settings(section: str, choices: tuple[str, ...] = ()) -> DictConfig:
+def stated_settings(section: str, choices: tuple[str, ...] = ()) -> DictConfig | None:
     """`section` (`data`, `tricks`, `callbacks.ema`) of train.yaml composed with the group `choices`
     (`task=segmentation`): the settings configs/ states for it. The classes they configure take no defaults of
     their own, so this is where a setting missing from a checkpoint saved before it existed comes from. Unresolved:
@@ -253,9 +253,21 @@ def stated_settings(section: str, choices: tuple[str, ...] = ()) -> DictConfig:
     return OmegaConf.select(_composed(tuple(choices)), section)
 
 
-def missing_settings(section: str, given: dict, choices: tuple[str, ...] = ()) -> dict:
-    """The settings of `section` (see stated_settings) that `given` lacks, resolved one by one, as plain values."""
-    stated = stated_settings(section, choices)
+def target_settings(section: str, target: str) -> DictConfig | None:
+    """The settings configs/ states for the class `target` where it configures `section`: in the run of a task that
+    picks it, else of the `section` option that names it (the FCN's under task=segmentation, where its interpolations
+    resolve; the ResNet's under model=resnet). None where no config names it (a user's own network)."""
+    candidates = [(f"task={task}",) for task in group_options("task")]
+    candidates += [(f"{section}={option}",) for option in group_options(section)] if section in groups() else []
+    for choices in candidates:
+        stated = stated_settings(section, choices)
+        if stated is not None and stated.get("_target_") == target:
+            return stated
+    return None
+
+
+def missing_settings(stated: DictConfig, given: dict) -> dict:
+    """The settings `stated` (see stated_settings) holds that `given` lacks, resolved one by one, as plain values."""
     return {key: OmegaConf.to_object(stated[key]) if OmegaConf.is_config(stated[key]) else stated[key]
             for key in stated if not key.startswith("_") and key not in given}
 

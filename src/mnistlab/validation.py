@@ -17,6 +17,7 @@ from typeguard import TypeCheckError, check_type
 from mnistlab.checkpoints import existing_checkpoint, read_checkpoint, teacher_checkpoints
 from mnistlab.config import one_line
 from mnistlab.errors import ConfigError
+from mnistlab.models.registry import build_config_network
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed")
@@ -266,7 +267,7 @@ def check_config(cfg: DictConfig) -> None:
         # costs milliseconds (the data module reads its files later, in setup).
         if "_target_" in (settings.get(section) or {}):
             try:
-                instantiate(settings[section])
+                build_config_network(settings[section]) if section == "model" else instantiate(settings[section])
             except InstantiationException as err:
                 raise ConfigError(one_line(err)) from None
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")

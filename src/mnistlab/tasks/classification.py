@@ -19,7 +19,7 @@ from mnistlab.checkpoints import (
     read_checkpoint,
     unreadable_reason,
 )
-from mnistlab.config import missing_settings
+from mnistlab.config import missing_settings, stated_settings
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, StepHooks, optimizer_steps_per_epoch
 from mnistlab.models.registry import build_network
@@ -249,7 +249,8 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
         kind, choices = Segmenter, ("task=segmentation",)
     # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
     given = saved.get("hyper_parameters") or {}
-    missing = {**missing_settings("tricks", given, choices), **missing_settings("task", given, choices)}
+    missing = {**missing_settings(stated_settings("tricks", choices), given),
+               **missing_settings(stated_settings("task", choices), given)}
     missing.pop("metrics", None)  # the task config's metric names, not an argument
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor

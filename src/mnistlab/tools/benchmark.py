@@ -36,7 +36,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
@@ -47,6 +47,7 @@ from mnistlab.data.idx import read_idx, write_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import StepGroup, auto_steps_per_execution
+from mnistlab.models.registry import build_config_network
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.train import build_run
 
@@ -228,7 +229,7 @@ def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, b
     canvases composed on the device as the data module does, the validation its fixed canvases, the loss and the
     accuracy per labelled pixel."""
     torch.manual_seed(cfg.seed)
-    net = instantiate(cfg.model).to(device)
+    net = build_config_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     if bf16:
         net.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
@@ -291,7 +292,7 @@ def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
     test_loader = DataLoader(Subset(dataset, range(train_size, train_size + val_size)),
                              batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
     torch.manual_seed(cfg.seed)
-    net = instantiate(cfg.model).to(device)
+    net = build_config_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
 
     def epoch() -> int:
