@@ -1,3 +1,4 @@
+import inspect
 import subprocess
 import sys
 
@@ -7,7 +8,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mnistlab.config import CONFIG_DIR, compose_run_config, group_options, spell_trainer_overrides, unknown_choice
+from mnistlab.config import (
+    CONFIG_DIR,
+    compose_run_config,
+    group_options,
+    groups,
+    spell_trainer_overrides,
+    unknown_choice,
+)
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.models import FCN, ResNet, SeedNet
@@ -121,28 +129,12 @@ def test_a_trainer_typo_is_one_line_from_train_py(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("option", group_options("scheduler"))
-def test_a_scheduler_config_is_the_one_place_its_defaults_are_stated(option):
-    """A value the yaml sets and the function's signature sets too can disagree (warmup_min_steps did: 100 and 0)."""
-    import inspect
-
-    from hydra.utils import get_method
-
-    settings = compose_train(f"scheduler={option}").scheduler
-    parameters = inspect.signature(get_method(settings["_target_"])).parameters
-    stated_twice = [key for key in settings if not key.startswith("_")
-                    and parameters[key].default is not inspect.Parameter.empty]
-    assert stated_twice == []
-
-
 WARMUP_KEYS = ("warmup_epochs", "warmup_start_factor", "warmup_min_steps")
 
 
 def test_the_warmup_settings_are_written_once_and_every_schedule_with_a_warmup_composes_them():
     """Four scheduler configs each repeated the three warmup keys; configs/scheduler/_warmup.yaml states them, and a
     schedule writes one again only to give it another value (cosine's half epoch)."""
-    import inspect
-
     import yaml
     from hydra.utils import get_method
 
@@ -259,3 +251,67 @@ def test_a_checkpoint_without_a_model_setting_gets_it_as_configs_states_it(tmp_p
     assert isinstance(loaded.head.dropout, torch.nn.Identity) == (stated.dropout == 0)
     fcn = network("FCN", backbone={"_target_": "mnistlab.models.ResNet"}, image_size=32)
     assert fcn.feature_layers == ResNet.feature_layers and fcn.input_shape == (1, 32, 32)
+
+
+# Every composition a user can pick: train.yaml alone, with each experiment, with each option of each group.
+COMPOSITIONS = [(), *((f"+experiment={name}",) for name in EXPERIMENTS),
+                *((f"{group}={option}",) for group in groups() if group not in ("experiment", "hydra")
+                  for option in group_options(group))]
+# A target whose settings another class takes: the Optuna sweeper hands them to its search (which imports Optuna).
+CONSUMERS = {"hydra_plugins.mnistlab_optuna_sweeper.sweeper.OptunaSweeper":
+             "hydra_plugins.mnistlab_optuna_sweeper._optuna.OptunaSearch"}
+
+
+def own(obj) -> bool:
+    return obj.__module__.startswith(("mnistlab.", "hydra_plugins.mnistlab"))
+
+
+def configured_targets(cfg: dict) -> list[tuple[str, str, set[str]]]:
+    """(where, target, the keys the config gives it) for every `_target_` of mnistlab's in a composed config; the
+    task's arguments are its config's and the tricks (train.build_task)."""
+    found = []
+
+    def walk(node, where: str) -> None:
+        items = enumerate(node) if isinstance(node, list) else node.items() if isinstance(node, dict) else ()
+        for key, value in items:
+            walk(value, f"{where}[{key}]" if isinstance(node, list) else f"{where}.{key}" if where else key)
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if isinstance(target, str) and target.startswith(("mnistlab.", "hydra_plugins.mnistlab")):
+            keys = {key for key in node if not key.startswith("_")}
+            if where == "task":
+                keys = (keys - {"metrics"}) | set(cfg["tricks"])
+            found.append((where, target, keys))
+
+    walk(cfg, "")
+    return found
+
+
+def signature_defaults(target: str) -> dict:
+    """The arguments with a default of `target` (a function, or a class and the classes of mnistlab it passes its
+    **kwargs to)."""
+    from hydra.utils import get_object
+
+    obj = get_object(CONSUMERS.get(target, target))
+    found = {}
+    for cls in inspect.getmro(obj) if inspect.isclass(obj) else (obj,):
+        if inspect.isclass(cls) and (not own(cls) or "__init__" not in vars(cls)):
+            continue
+        parameters = inspect.signature(cls).parameters.values()
+        found |= {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return found
+
+
+@pytest.mark.parametrize("choices", COMPOSITIONS, ids=lambda choices: " ".join(choices) or "train.yaml")
+def test_a_setting_that_configs_gives_has_no_default_in_what_it_configures(choices):
+    """Each default stated once, in configs/ or in the signature, never both: they disagreed (the data module's
+    signature said seed=0 and steps_per_execution=1 where configs/data/mnist.yaml says ${seed} and auto; the
+    schedules' warmup_min_steps was 0 where configs/scheduler/ said 100)."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("train", overrides=list(choices), return_hydra_config=True))
+    targets = configured_targets(cfg)  # unresolved: the keys are what counts
+    assert {target for _, target, _ in targets} >= {cfg["data"]["_target_"], cfg["model"]["_target_"]}
+    stated_twice = [f"{where}.{key} ({target})" for where, target, keys in targets
+                    for key in sorted(keys & set(signature_defaults(target)))]
+    assert stated_twice == []
