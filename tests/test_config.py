@@ -1,6 +1,8 @@
+import copy
 import inspect
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -22,7 +24,7 @@ from mnistlab.models import FCN, ResNet, SeedNet
 from mnistlab.models.registry import build_network
 from mnistlab.train import device_for_job
 
-from .conftest import REPO, configured, network, train_main
+from .conftest import REPO, classifier, configured, network, train_main
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -315,3 +317,90 @@ def test_a_setting_that_configs_gives_has_no_default_in_what_it_configures(choic
     stated_twice = [f"{where}.{key} ({target})" for where, target, keys in targets
                     for key in sorted(keys & set(signature_defaults(target)))]
     assert stated_twice == []
+
+
+# Values of a setting's own kind (a number for a number, a string for a string) that a rule may refuse.
+REFUSED = (-1, -0.5, 1.5, 181, 2**32, "nope")
+# Between them every setting of the rules table that mnistlab's code takes: the FCN, the canvases and their views
+# come with task=segmentation.
+RULE_COMPOSITIONS = [(), ("task=segmentation",), ("model=resnet",)]
+
+
+def taker(parts: dict, key: str) -> Callable[[object], object] | None:
+    """What builds, as a run builds it, what takes the setting `key` of the run `parts` (a resolved config), given
+    a value past the rules table; None where mnistlab's code does not take it (Lightning's, torch's, a top-level
+    setting, the task's metric names)."""
+    from hydra.utils import get_object
+
+    section, *path = key.split(".")
+    if section == "callbacks":
+        section, *path = f"callbacks.{path[0]}", *path[1:]
+    node = OmegaConf.select(OmegaConf.create(parts), section)
+    if not OmegaConf.is_dict(node):
+        return None
+    base = OmegaConf.to_container(node)
+    target = parts["task"]["_target_"] if section == "tricks" else base.get("_target_", "")
+    if not target.startswith("mnistlab."):
+        return None
+    if path[0] not in (set(parts["tricks"]) if section == "tricks" else signature_parameters(target)):
+        return None
+
+    def build(value):
+        settings = copy.deepcopy(base)
+        node = settings
+        for part in path[:-1]:  # data.augment.degrees, where augment may be null
+            node[part] = node[part] if isinstance(node.get(part), dict) else {}
+            node = node[part]
+        node[path[-1]] = value
+        if path[0] == "recipe_augment":
+            settings["augment"] = "recipe"  # what takes the recipe's settings
+        if section == "tricks":
+            return classifier(parts["model"], parts["optimizer"], None, **settings)
+        if section == "model":
+            return build_network(settings)
+        if section == "scheduler":
+            return instantiate(settings)(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 1000, 100)
+        return get_object(settings.pop("_target_"))(**settings)
+
+    return build
+
+
+def signature_parameters(target: str) -> set[str]:
+    """The arguments `target` takes (a class's and those of mnistlab's classes it passes its **kwargs to)."""
+    from hydra.utils import get_object
+
+    obj = get_object(target)
+    return {name for cls in (inspect.getmro(obj) if inspect.isclass(obj) else (obj,)) if own(cls)
+            for name in inspect.signature(cls).parameters}
+
+
+def test_a_rule_of_the_rules_table_is_not_stated_again_where_the_value_is_taken():
+    """Each range in one place, the rules table (checked on a run's config before anything is built) or the code
+    that takes the value, never both: the warmup's and the augmentation's ranges were in both, the dataset names and
+    the seed network's downsampling modes too, and the Classifier ran the tricks' rules again. Every value a rule
+    refuses, given past the table to what takes it, draws no error of that rule's from it."""
+    from mnistlab.validation import RULES
+
+    runs = []
+    for choices in RULE_COMPOSITIONS:
+        cfg = compose_run_config(list(choices))
+        runs.append((cfg, {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key])
+                           else cfg[key] for key in cfg if key != "hydra"}))
+    tried = []
+    for key, (check, _) in RULES.items():
+        for cfg, parts in runs:
+            build = taker(parts, key)
+            if build is None or (OmegaConf.select(cfg, key) is None and ".augment." not in key):
+                continue
+            stated = OmegaConf.select(cfg, key)
+            kind = type(stated) if isinstance(stated, str | bool) else (int, float)  # a switch has no range
+            for value in [value for value in REFUSED if isinstance(value, kind) and not check(value)]:
+                try:
+                    build(value)
+                except ConfigError as err:
+                    assert not str(err).startswith(f"{key}="), str(err)
+                except Exception:
+                    pass  # a value out of range may break what takes it, in any way but a rule of its own
+                tried.append(key)
+            break
+    assert len(set(tried)) >= 40, sorted(set(tried))  # most rules are of settings that mnistlab's code takes

@@ -10,8 +10,10 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
 from mnistlab.checkpoints import existing_checkpoint
+from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError
 from mnistlab.tasks.classification import Classifier, load_classifier
+from mnistlab.validation import check_config
 
 from .conftest import RecordWeights, classifier, configured, network
 
@@ -164,8 +166,6 @@ def test_onecycle_rises_to_the_lr_then_anneals():
 @pytest.mark.parametrize(("make", "says"), [
     (lambda o: schedules.cosine(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": 10}),
      "scheduler.warmup_epochs=10 is not shorter"),
-    (lambda o: schedules.constant(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": -1}),
-     "scheduler.warmup_epochs=-1 must be >= 0"),
     (lambda o: schedules.onecycle(o, 100, 10, pct_start=0.25, div_factor=25, warmup_epochs=1),
      "onecycle has its own warmup"),
 ])
@@ -324,12 +324,12 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
 
 
 @pytest.mark.parametrize(("teacher", "says"), [
-    ([], "tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them"),
-    (3, "tricks.distill_teacher=3 must be null, a checkpoint path, or a list of them"),
+    ("[]", "tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them"),
+    ("3", "tricks.distill_teacher=3 must be null, a checkpoint path, or a list of them"),
 ])
 def test_a_teacher_that_is_not_a_path_or_a_list_of_paths_is_a_config_error(teacher, says):
     with pytest.raises(ConfigError) as info:
-        classifier(MODEL, SGD, {}, distill_teacher=teacher)
+        check_config(compose_run_config([f"tricks.distill_teacher={teacher}"]))
     assert str(info.value).startswith(says)
 
 
@@ -374,7 +374,7 @@ def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, sy
 
 def test_a_list_where_one_checkpoint_is_taken_is_one_line():
     with pytest.raises(ConfigError, match=r"^tricks.init_from=\['a.ckpt'\] must be null or one checkpoint path$"):
-        classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
+        check_config(compose_run_config(["tricks.init_from=[a.ckpt]"]))
     with pytest.raises(ConfigError, match=r"^ckpt_path=\['a.ckpt', 'b.ckpt'\]: takes one checkpoint path$"):
         existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
 
@@ -415,15 +415,30 @@ def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic
 # Bad values stop before training ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("setting", "says"), [
-    ({"label_smoothing": 1.0}, "tricks.label_smoothing=1.0 must be in [0, 1)"),
-    ({"label_smoothing": -0.1}, "tricks.label_smoothing=-0.1 must be in [0, 1)"),
-    ({"mixup_alpha": -0.2}, "tricks.mixup_alpha=-0.2 must be >= 0"),
-    ({"cutmix_alpha": -1}, "tricks.cutmix_alpha=-1 must be >= 0"),
-    ({"mix_prob": 1.5}, "tricks.mix_prob=1.5 must be in [0, 1]"),
-    ({"distill_temperature": 0}, "tricks.distill_temperature=0 must be > 0"),
-    ({"freeze_conv": True}, "tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT"),
+    ("label_smoothing=1.0", "tricks.label_smoothing=1.0 must be in [0, 1)"),
+    ("label_smoothing=-0.1", "tricks.label_smoothing=-0.1 must be in [0, 1)"),
+    ("mixup_alpha=-0.2", "tricks.mixup_alpha=-0.2 must be >= 0"),
+    ("cutmix_alpha=-1", "tricks.cutmix_alpha=-1 must be >= 0"),
+    ("mix_prob=1.5", "tricks.mix_prob=1.5 must be in [0, 1]"),
+    ("distill_temperature=0", "tricks.distill_temperature=0 must be > 0"),
 ])
 def test_out_of_range_tricks_are_config_errors(setting, says):
     with pytest.raises(ConfigError) as info:
-        classifier(MODEL, SGD, {}, **setting)
+        check_config(compose_run_config([f"tricks.{setting}"]))
     assert str(info.value).startswith(says)
+
+
+def test_freezing_without_a_transfer_source_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^tricks.freeze_conv=true freezes transferred weights: it needs "
+                                          r"tricks.init_from=CKPT$"):
+        classifier(MODEL, SGD, {}, freeze_conv=True)
+
+
+def test_a_checkpoints_tricks_pass_the_rules_a_runs_do(tmp_path):
+    """The Classifier takes its settings as given: a run's are checked with its config, a checkpoint's as it loads."""
+    saved = torch.load(save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "m.ckpt"), weights_only=True)
+    saved["hyper_parameters"]["label_smoothing"] = 1.5
+    torch.save(saved, tmp_path / "edited.ckpt")
+    with pytest.raises(ConfigError, match=rf"^ckpt_path={tmp_path / 'edited.ckpt'}: its tricks.label_smoothing=1.5 "
+                                          r"must be in \[0, 1\)$"):
+        load_classifier(tmp_path / "edited.ckpt", "ckpt_path")

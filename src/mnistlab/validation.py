@@ -46,14 +46,14 @@ def one_of(*choices):
     return lambda value: value in choices
 
 
-# key: (check, what is allowed). Keys that a config does not have are skipped.
+# key: (check, what is allowed). Keys that a config does not have are skipped. A rule that only the class that takes
+# the value can state (the datasets it knows, a network's downsampling modes) is that class's alone.
 RULES = {
     "seed": (integer(), "an integer"),
     "name": (lambda value: isinstance(value, str) and 0 < len(value) <= 100 and "/" not in value,
              "1 to 100 characters without / (it names the run's folder)"),
     "compile": (lambda value: isinstance(value, bool) or value in COMPILE_MODES,
                 "true, false or one of " + ", ".join(COMPILE_MODES)),
-    "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
     "task.metrics.mode": (one_of("max", "min"), "max or min"),
     "task.metrics.test": (lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value),
                           "a list of metric names, e.g. [test/acc, test/loss]"),
@@ -72,7 +72,6 @@ RULES = {
     "model.dilation": (integer(1), "an integer >= 1"),
     "model.hidden": (integer(1), "an integer >= 1"),
     "model.batch_norm": (one_of(True, False), "true or false"),
-    "model.downsample": (one_of("pool", "stride"), "one of pool, stride"),
     "model.dropout": (number(0, 1, high_open=True), "in [0, 1)"),
     "model.num_classes": (integer(2), "an integer >= 2"),
     "model.head_channels": (integer(1), "an integer >= 1"),

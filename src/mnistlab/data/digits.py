@@ -55,8 +55,7 @@ class MNISTDataModule(pl.LightningDataModule):
         # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
         self.save_hyperparameters(logger=False)
         if name not in TORCHVISION_DATASETS:
-            raise ConfigError(f"data.name={name!r} is not a known dataset; choose one of "
-                              f"{', '.join(sorted(TORCHVISION_DATASETS))}")
+            raise ConfigError(f"data.name={name!r} must be one of {', '.join(sorted(TORCHVISION_DATASETS))}")
         self.name, self.root, self.allow_download = name, Path(root).expanduser(), download
         self.val_size, self.train_size = val_size, train_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

@@ -31,8 +31,10 @@ class Classifier(pl.LightningModule):
     the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the run's length).
 
     The remaining arguments are the bag-of-tricks settings, every one given: configs/train.yaml `tricks` states
-    them (all off) and is their only default. Everything is saved in the checkpoint, so `load_classifier(path)`
-    rebuilds the exact network without the run's config files (and without the run's teacher or transfer source).
+    them (all off) and is their only default. Their ranges are the rules table's (mnistlab.validation.RULES),
+    checked where the settings come in: a run's config by check_config, a checkpoint's by load_classifier.
+    Everything is saved in the checkpoint, so `load_classifier(path)` rebuilds the exact network without the run's
+    config files (and without the run's teacher or transfer source).
     """
 
     TRAIN_ACCURACY = "train/acc"
@@ -43,10 +45,6 @@ class Classifier(pl.LightningModule):
                  distill_weight: float, distill_temperature: float, init_from: str | None, freeze_conv: bool,
                  channels_last: bool | str):
         super().__init__()
-        check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                          mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_teacher=distill_teacher,
-                          distill_weight=distill_weight, distill_temperature=distill_temperature,
-                          init_from=init_from, channels_last=channels_last), prefix="tricks")
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)
@@ -247,8 +245,12 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
         from mnistlab.tasks.segmentation import Segmenter  # it builds on this module
 
         kind, choices = Segmenter, ("task=segmentation",)
-    # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
     given = saved.get("hyper_parameters") or {}
+    try:  # the rules a run's tricks pass in check_config, for settings that come from a file
+        check_values(given, prefix="tricks")
+    except ConfigError as err:
+        raise ConfigError(f"{what}={checkpoint}: its {err}") from None
+    # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
     missing = {**missing_settings(stated_settings("tricks", choices), given),
                **missing_settings(stated_settings("task", choices), given)}
     missing.pop("metrics", None)  # the task config's metric names, not an argument
