@@ -50,6 +50,7 @@ from mnistlab.execution import StepGroup, auto_steps_per_execution
 from mnistlab.models.registry import build_config_network
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.train import build_run
+from mnistlab.validation import check_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
@@ -151,6 +152,7 @@ def compose_config(root: Path, val_size: int | None, device: torch.device, run_d
     if val_size is not None:
         fixed.append(f"data.val_size={val_size}")
     cfg = compose_run_config(fixed + overrides, str(run_dir))
+    check_config(cfg)  # what a run checks before it builds anything: the classes take their settings as given
     if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs <= EpochTimer.TIMED_EPOCH:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: the benchmark times epoch "
                           f"{EpochTimer.TIMED_EPOCH + 1} of a run, so it must be >= {EpochTimer.TIMED_EPOCH + 1}")
