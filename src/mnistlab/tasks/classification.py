@@ -17,6 +17,7 @@ from mnistlab.checkpoints import (
     is_segmentation,
     load_teacher,
     read_checkpoint,
+    saved_network,
     unreadable_reason,
 )
 from mnistlab.config import missing_settings, stated_settings
@@ -250,6 +251,7 @@ def load_classifier(checkpoint: str | Path, what: str) -> Classifier:
         check_values(given, prefix="tricks")
     except ConfigError as err:
         raise ConfigError(f"{what}={checkpoint}: its {err}") from None
+    saved_network(saved, f"{what}={checkpoint}")  # weights that do not fit their model config: one line
     # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
     missing = {**missing_settings(stated_settings("tricks", choices), given),
                **missing_settings(stated_settings("task", choices), given)}
