@@ -80,10 +80,18 @@ def test_trainer_choices_and_pass_through_options():
     (["trainer=tpu"], "unknown trainer 'tpu'"),
     (["data=mnist", "trainer=cpu", "+experiment=baseline", "data.batch_size=3"], None),
     (["-m", "+experiment=glob(*)", "seed=1,2"], None),
+    (["-m", "experiment=baseline,mixup"], "experiment=baseline,mixup needs a +: +experiment=baseline,mixup "
+                                          "(experiment is not in the defaults list, so it is added)"),
 ])
 def test_unknown_group_choices_are_named(args, problem):
     found = unknown_choice(args)
     assert found == problem if problem is None else problem in found
+
+
+def test_a_group_that_the_primary_config_does_not_list_needs_a_plus():
+    """Known from the defaults lists themselves, not from the text of Hydra's error."""
+    assert unknown_choice(["model=resnet"], "eval").startswith("model=resnet needs a +: +model=resnet")
+    assert unknown_choice(["data=kmnist"], "eval") is None and unknown_choice(["model=resnet"], "inspect") is None
 
 
 def test_unknown_dataset_on_the_command_line_is_one_line_and_exit_2(monkeypatch):

@@ -8,7 +8,6 @@ import importlib
 import importlib.metadata
 import inspect
 import os
-import re
 from datetime import datetime
 from pathlib import Path
 
@@ -59,6 +58,18 @@ PLUGINS = {("hydra/sweeper", "mnistlab_optuna"): "optuna", ("hparams_search", "o
            ("hydra/launcher", "joblib"): "hydra-joblib-launcher",
            ("hydra/launcher", "submitit_local"): "hydra-submitit-launcher",
            ("hydra/launcher", "submitit_slurm"): "hydra-submitit-launcher"}
+
+
+def listed_groups(config_name: str) -> list[str]:
+    """The config groups a primary config's defaults list holds, through the configs it includes (inspect.yaml:
+    train.yaml): `GROUP=NAME` overrides these; any other group is added, `+GROUP=NAME`."""
+    found = []
+    for entry in OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml").get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            found += listed_groups(entry)
+        elif OmegaConf.is_dict(entry):
+            found += [name.removeprefix("optional ") for name in entry if name.removeprefix("optional ") in groups()]
+    return found
 
 
 def group_options(group: str) -> list[str]:
@@ -114,8 +125,9 @@ def shell_spelling(args: list[str]) -> list[str]:
     return spelled
 
 
-def unknown_choice(args: list[str]) -> str | None:
-    """One line naming a config-group choice that has no file (`data=emnist`), or None.
+def unknown_choice(args: list[str], config_name: str = "train") -> str | None:
+    """One line naming a config-group choice that has no file (`data=emnist`), or that needs a + because the primary
+    config `config_name` does not list its group (`experiment=mixup`), or None.
 
     Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
     """
@@ -143,6 +155,10 @@ def unknown_choice(args: list[str]) -> str | None:
             if choice not in options:
                 return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
                         f"choose one of: {', '.join(options)}")
+        group, line = override.key_or_group, override.input_line
+        if group in groups() and not (override.is_add() or override.is_force_add()) and \
+                group not in listed_groups(config_name):
+            return f"{line} needs a +: +{line} ({group} is not in the defaults list, so it is added)"
     return None
 
 
@@ -211,10 +227,6 @@ def as_typed(overrides: list[str]) -> list[str]:
 def one_line(err: Exception) -> str:
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
         err = err.__cause__  # raised by our code inside a Hydra-instantiated target
-    added = re.search(r"To append to your default list use \+(\S+)", str(err))
-    if added:  # a group that is not in the defaults list is added, not overridden
-        group = added.group(1).split("=")[0]
-        return f"{added.group(1)} needs a +: +{added.group(1)} ({group} is not in the defaults list, so it is added)"
     if isinstance(err, OverrideParseException):
         why = one_line(Exception(err.message.partition("See ")[0]))
         return (f"could not parse {err.override!r}: {why}; quote a value with spaces or special characters "

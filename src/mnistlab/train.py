@@ -264,11 +264,13 @@ def precheck(args: list[str]) -> list[str]:
     try:
         cfg = compose_run_config(args)
     except HydraException as err:
-        choices = [a for a in args if a.lstrip("+~").split("=")[0] in groups()]  # what sets which keys exist
-        try:
-            problem = unknown_key(args, compose_run_config(choices), groups())
-        except HydraException:
-            problem = None  # a choice itself is wrong (experiment=X without its +): Hydra's message says which
+        problem = unknown_choice(args)  # a choice itself is wrong (experiment=X without its +)
+        if problem is None:
+            choices = [a for a in args if a.lstrip("+~").split("=")[0] in groups()]  # what sets which keys exist
+            try:
+                problem = unknown_key(args, compose_run_config(choices), groups())
+            except HydraException:
+                problem = None  # Hydra's own message says what is wrong
         raise ConfigError(problem or one_line(err)) from None
     check_config(cfg)
     folder = Path(cfg.hydra.run.dir)
