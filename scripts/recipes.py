@@ -19,9 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mnistlab.sweep_results import collect  # noqa: E402  (after the path: works before `pip install -e .` too)
+from mnistlab.config import stated_settings  # noqa: E402  (after the path: works before `pip install -e .` too)
+from mnistlab.sweep_results import collect  # noqa: E402
 
-EMA = "+callbacks.ema._target_=mnistlab.callbacks.averaging.EMA"
+# The EMA as configs/callbacks/ema.yaml states it, added to callbacks=minimal.
+EMA = "+callbacks.ema={" + ", ".join(
+    f"{key}: {value}" for key, value in stated_settings("callbacks.ema", ("callbacks=ema",)).items()) + "}"
 RECIPES = {  # name: the overrides of its jobs
     "baseline": ["+experiment=baseline", "callbacks=minimal"],
     "bag_of_tricks": ["+experiment=bag_of_tricks", "callbacks=minimal", EMA],

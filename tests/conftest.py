@@ -14,12 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
+from hydra.utils import get_object
+from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
+from torch import nn
 
 from mnistlab import train as train_module
-from mnistlab.config import compose_run_config
+from mnistlab.config import compose_run_config, stated_settings
 from mnistlab.data.synthetic import write_synthetic_dataset
+from mnistlab.models.registry import build_network
+from mnistlab.tasks.classification import Classifier
 from mnistlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +35,25 @@ FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=500", "
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n_train=1200, n_test=300)
+
+
+def configured(section: str, *choices: str, **settings):
+    """What `section` (`data`, `callbacks.ema`) of a run with the group `choices` (`task=segmentation`) builds, from
+    the settings configs/ states for it with `settings` on top: a test gives what it tests, configs/ the rest (the
+    classes have no defaults of their own)."""
+    stated = OmegaConf.to_container(stated_settings(section, choices), resolve=True)
+    return get_object(stated.pop("_target_"))(**{**stated, **settings})
+
+
+def classifier(model: dict, optimizer: dict, scheduler: dict | None = None, **tricks) -> Classifier:
+    """A Classifier of `model` with the tricks configs/train.yaml states, `tricks` on top."""
+    stated = OmegaConf.to_container(stated_settings("tricks"), resolve=True)
+    return Classifier(model, optimizer, scheduler, **{**stated, **tricks})
+
+
+def network(name: str, **settings) -> nn.Module:
+    """mnistlab.models.NAME with `settings`, the rest as configs/model/ states it (build_network fills them in)."""
+    return build_network({"_target_": f"mnistlab.models.{name}", **settings})
 
 
 def offline_env() -> dict:

@@ -8,6 +8,8 @@ from mnistlab.data.augment import RandomAffine
 from mnistlab.data.canvas import BACKGROUND, CanvasDataModule, compose, warp_together
 from mnistlab.errors import ConfigError
 
+from .conftest import configured
+
 INK, IGNORE = 128, 255
 
 
@@ -64,8 +66,8 @@ def test_later_digits_lie_on_top():
 @pytest.fixture(scope="module")
 def canvases(synthetic_root):
     def make(seed: int) -> CanvasDataModule:
-        module = CanvasDataModule(root=str(synthetic_root), val_size=200, download=False, seed=seed,
-                                  val_canvases=50, test_canvases=60, train_canvases=256, batch_size=64)
+        module = configured("data", "task=segmentation", root=str(synthetic_root), val_size=200, download=False,
+                            seed=seed, val_canvases=50, test_canvases=60, train_canvases=256, batch_size=64)
         module.setup()
         return module
     return make
@@ -96,5 +98,5 @@ def test_validation_and_test_canvases_are_fixed_per_seed_and_training_ones_are_n
 ])
 def test_bad_canvas_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError) as error:
-        CanvasDataModule(root="unused", **settings)
+        configured("data", "task=segmentation", root="unused", **settings)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)

@@ -3,17 +3,21 @@ import shutil
 import pytest
 import torch
 
+from mnistlab.config import compose_run_config
 from mnistlab.data.augment import RandomAffine, RandomErasing, build_augment
 from mnistlab.data.digits import MNISTDataModule
 from mnistlab.data.files import find_idx_files
 from mnistlab.data.idx import read_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError
+from mnistlab.validation import check_config
+
+from .conftest import configured
 
 
 def make_module(root, **kwargs) -> MNISTDataModule:
     settings = dict(root=str(root), val_size=200, batch_size=64, eval_batch_size=100, download=False) | kwargs
-    module = MNISTDataModule(**settings)
+    module = configured("data", **settings)
     module.setup("fit")
     return module
 
@@ -122,7 +126,7 @@ def test_augmentation_touches_the_training_split_only(synthetic_root):
 
 
 def test_missing_files_offline_give_one_line_naming_folder_and_files(tmp_path):
-    module = MNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
+    module = configured("data", root=str(tmp_path / "nowhere"), download=False)
     module.prepare_data()
     with pytest.raises(DataError) as info:
         module.setup("fit")
@@ -135,7 +139,7 @@ def test_missing_files_offline_give_one_line_naming_folder_and_files(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "says"), [
-    ({"name": "emnist"}, "data.name='emnist' is not a known dataset; choose one of fashion_mnist, kmnist, mnist"),
+    ({"name": "emnist"}, "data.name='emnist' must be one of fashion_mnist, kmnist, mnist"),
     ({"val_size": 1200}, "data.val_size=1200 must be between 0 and 1199"),
     ({"val_size": -1}, "data.val_size=-1 must be between 0 and 1199"),
 ])
@@ -180,6 +184,6 @@ def test_bad_augment_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"^data.augment: unknown key 'bogus'; allowed: degrees, translate, scale, "
                                           r"hflip, erase$"):
         build_augment(erase=0.5, bogus=1)
-    with pytest.raises(ConfigError, match=r"^data.augment.erase=1.5 is a probability: it must be in \[0, 1\]$"):
-        build_augment(erase=1.5)
+    with pytest.raises(ConfigError, match=r"^data.augment.erase=1.5 must be in \[0, 1\]$"):
+        check_config(compose_run_config(["data.augment={erase: 1.5}"]))
     assert len(build_augment(translate=0.1, erase=0.5)) == 2 and len(build_augment(translate=0.1)) == 1

@@ -10,11 +10,10 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, auto_steps_per_execution, grouped, resolve_steps_per_execution
 
-from .conftest import FAST, train_in_process
+from .conftest import FAST, configured, train_in_process
 
 # fp32 on the CPU, logging every 4 steps (mid-group at K=8), 15 steps an epoch on the synthetic set.
 EXACT = [*FAST, "trainer.precision=32-true", "trainer.log_every_n_steps=4", "trainer.accelerator=cpu"]
@@ -107,7 +106,7 @@ def test_a_group_makes_each_batch_when_the_task_reaches_it():
 
 
 def test_the_training_loader_cuts_groups_and_counts_its_limit_in_batches(synthetic_root):
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=64, download=False)
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=64, download=False)
     data.setup()
     loader = data._batches("train", 64, shuffle=True, steps_per_execution=4, limit=7)
     assert loader.num_batches() == 7 and len(loader) == 2

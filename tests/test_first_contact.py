@@ -10,11 +10,10 @@ import pytest
 
 from mnistlab import config, override_errors
 from mnistlab.data import files
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError, DataError
 from mnistlab.train import precheck
 
-from .conftest import REPO, offline_env
+from .conftest import REPO, configured, offline_env
 
 
 def test_a_home_folder_and_lightning_file_names_are_spelled_for_hydra():
@@ -119,7 +118,7 @@ def test_online_the_default_run_downloads_mnist_and_never_falls_back(tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(files.TORCHVISION_DATASETS, "mnist", MNIST)
-    module = MNISTDataModule(val_size=100)
+    module = configured("data", val_size=100)
     module.prepare_data()
     module.setup()
     assert module.root == Path("data") and len(module.splits["train"][1]) == 200
@@ -128,7 +127,7 @@ def test_online_the_default_run_downloads_mnist_and_never_falls_back(tmp_path, m
 
 def test_a_data_root_the_user_gave_never_falls_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    module = MNISTDataModule(root=str(tmp_path / "mine"), download=False)
+    module = configured("data", root=str(tmp_path / "mine"), download=False)
     module.prepare_data()
     with pytest.raises(DataError, match="no mnist data in"):
         module.setup()
@@ -138,12 +137,12 @@ def test_a_data_root_the_user_gave_never_falls_back(tmp_path, monkeypatch):
 def test_files_of_another_dataset_are_named_in_one_warning(tmp_path, caplog):
     """The bundled MNIST digits under data=fashion_mnist: training would go on, on Fashion's statistics."""
     digits = files.write_bundled_mnist(tmp_path / "digits")
-    fashion = MNISTDataModule(name="fashion_mnist", root=str(digits), mean=0.2860, std=0.3530, val_size=100)
+    fashion = configured("data", "data=fashion_mnist", root=str(digits), val_size=100)
     with caplog.at_level("WARNING", logger="mnistlab.data.digits"):
         fashion.setup()
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "mnistlab.data.digits"]
     assert warning.startswith(f"{digits / 'train-images-idx3-ubyte.gz'} looks like mnist, not fashion_mnist")
     assert "add data=mnist" in warning
     caplog.clear()
-    MNISTDataModule(root=str(digits), val_size=100).setup()
+    configured("data", root=str(digits), val_size=100).setup()
     assert not [r for r in caplog.records if r.name == "mnistlab.data.digits"]

@@ -14,7 +14,7 @@ from mnistlab.tools.export import main as export_main
 from mnistlab.tools.predict import main as predict_main
 from mnistlab.train import precheck
 
-from .conftest import run_in_process
+from .conftest import network, run_in_process
 
 MARKER = "mnistlab-test-pwned"
 
@@ -104,9 +104,7 @@ def hostile_model_configs(tmp_path: Path, marker: Path) -> dict[str, dict]:
 
 def checkpoint_naming(model: dict) -> dict:
     """A checkpoint as mnistlab writes one (weights_only-safe), whose saved model config is `model`."""
-    from mnistlab.models import SeedNet
-
-    state = {f"net.{name}": tensor for name, tensor in SeedNet().state_dict().items()}
+    state = {f"net.{name}": tensor for name, tensor in network("SeedNet").state_dict().items()}
     return {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 10,
             MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT},
             "hyper_parameters": {"model": model, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}},
@@ -182,3 +180,18 @@ def test_a_registered_network_loads_from_a_checkpoint_and_an_unregistered_one_do
     register_network(Unlisted, f"{__name__}.Unlisted")
     loaded = load_network(tmp_path / "toy.ckpt", "ckpt_path")
     assert type(loaded) is Unlisted and torch.equal(loaded.head[-1].weight, net.head[-1].weight)
+
+
+def test_weights_that_do_not_fit_their_model_config_are_named_before_anything_loads(tmp_path):
+    """Recognised by comparing the rebuilt network's names and shapes with the saved ones, not by the text of
+    load_state_dict's error, for the network alone and for the whole task."""
+    from mnistlab.checkpoints import load_network
+    from mnistlab.tasks.registry import load_task
+
+    path = tmp_path / "mismatched.ckpt"
+    torch.save(checkpoint_naming({"_target_": "mnistlab.models.SeedNet", "hidden": 400}), path)  # fc1 saved: 500
+    for load in (load_network, load_task):
+        with pytest.raises(ConfigError) as error:
+            load(path, "ckpt_path")
+        assert str(error.value).startswith(f"ckpt_path={path}: its weights do not fit the model config saved with "
+                                           "them (head.fc1.weight: [500, 800] saved, [400, 800] built; ")

@@ -16,6 +16,8 @@ from mnistlab.errors import ConfigError, DataError
 from mnistlab.image_files import read_grayscale
 from mnistlab.tasks.registry import load_datamodule, load_task
 
+from .conftest import configured, network
+
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
 
 
@@ -97,9 +99,7 @@ def test_an_image_too_large_to_decode_is_one_line(tmp_path):
 
 
 def valid_checkpoint() -> dict:
-    from mnistlab.models import SeedNet
-
-    state = {f"net.{name}": tensor for name, tensor in SeedNet().state_dict().items()}
+    state = {f"net.{name}": tensor for name, tensor in network("SeedNet").state_dict().items()}
     return {"state_dict": state, "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 10,
             MNISTLAB_KEY: {"version": "0.1.0", "format": CHECKPOINT_FORMAT}, "loops": {}, "optimizer_states": [],
             "hyper_parameters": {"model": {"_target_": "mnistlab.models.SeedNet"},
@@ -184,11 +184,10 @@ def test_tool_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_pat
 
 
 def test_an_empty_split_is_one_line_before_training(tmp_path):
-    from mnistlab.data.digits import MNISTDataModule
 
     root = tmp_path / "data"
     for prefix, count in (("train", 50), ("t10k", 0)):
         write_idx(root / f"{prefix}-images-idx3-ubyte", np.zeros((count, 28, 28), dtype=np.uint8))
         write_idx(root / f"{prefix}-labels-idx1-ubyte", np.zeros(count, dtype=np.uint8))
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds no images: the test split needs at least one"):
-        MNISTDataModule(root=str(root), val_size=10, download=False).setup()
+        configured("data", root=str(root), val_size=10, download=False).setup()

@@ -17,7 +17,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnistlab.callbacks.views import (
-    ValidationAnalysis,
     backbone_convolutions,
     due,
     feature_map_grids,
@@ -27,9 +26,8 @@ from mnistlab.callbacks.views import (
 )
 from mnistlab.config import compose_run_config
 from mnistlab.hparams import compared_settings, flatten
-from mnistlab.models import SeedNet
 
-from .conftest import FAST, run_script, train_in_process
+from .conftest import FAST, configured, network, run_script, train_in_process
 
 # Mixup and BatchNorm on, so the comparison with callbacks=minimal shows inspection changes no random draw
 # and no BatchNorm statistic; a small learning rate leaves mistakes to show after one short epoch.
@@ -91,7 +89,7 @@ def test_filter_and_feature_map_images_have_the_sizes_the_layers_imply(inspected
 def test_histograms_exist_for_every_weight_and_its_gradient(inspected_run):
     _, events = inspected_run
     histograms = set(events.Tags()["histograms"])
-    net = SeedNet(batch_norm=True)
+    net = network("SeedNet", batch_norm=True)
     for name, parameter in net.named_parameters():
         assert f"weights/{name}" in histograms and f"gradients/{name}" in histograms, name
         last = events.Histograms(f"weights/{name}")[-1].histogram_value
@@ -183,7 +181,7 @@ def test_tensorboard_serves_the_run_over_http(inspected_run):
 
 
 def test_grids_follow_the_network_shape():
-    net = SeedNet(kernel_size=3, conv_channels=(8, 16))
+    net = network("SeedNet", kernel_size=3, conv_channels=(8, 16))
     assert backbone_convolutions(net) == ["backbone.conv1", "backbone.conv2"]
     grids = filter_grids(net, backbone_convolutions(net), zoom=1)
     assert tuple(grids["backbone.conv1"].shape) == (3, *grid_size(tiles=8, per_row=10, tile=3))
@@ -212,7 +210,7 @@ def test_figures_are_drawn_every_nth_epoch_and_at_the_last(every, epochs, drawn)
 @pytest.mark.parametrize(("every", "epochs", "validate_every", "drawn"), [
     (5, 10, 1, [0, 5, 9]), (5, 10, 4, [3, 7]), (2, 10, 3, [2, 8]), (1, 3, 1, [0, 1, 2]), (0, 10, 1, [])])
 def test_validation_figures_count_validation_passes(every, epochs, validate_every, drawn):
-    analysis = ValidationAnalysis(figures_every_n_epochs=every)
+    analysis = configured("callbacks.validation_analysis", figures_every_n_epochs=every)
     validated = [epoch for epoch in range(epochs) if (epoch + 1) % validate_every == 0]
     assert [epoch for epoch in validated if analysis.count_and_check_due(SimpleNamespace(
         current_epoch=epoch, max_epochs=epochs, check_val_every_n_epoch=validate_every))] == drawn

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from mnistlab.models import SeedNet
+from .conftest import network
 
 
 def test_seed_network_has_the_seed_layers_and_431080_parameters():
-    net = SeedNet()
+    net = network("SeedNet")
     shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
     assert shapes == {
         "backbone.conv1.weight": (20, 1, 5, 5), "backbone.conv1.bias": (20,),
@@ -18,7 +18,7 @@ def test_seed_network_has_the_seed_layers_and_431080_parameters():
 
 def test_shapes_follow_the_seed_walk():
     """The seed prints x.size() after every layer for a batch of 64: reproduce that walk with hooks."""
-    net = SeedNet()
+    net = network("SeedNet")
     seen = {}
 
     def record(module, inputs, output):
@@ -35,7 +35,7 @@ def test_shapes_follow_the_seed_walk():
 
 
 def test_the_network_contract():
-    net = SeedNet(num_classes=7, image_size=32).eval()
+    net = network("SeedNet", num_classes=7, image_size=32).eval()
     x = torch.randn(3, 1, 32, 32)
     assert net.num_classes == 7 and net.input_shape == (1, 32, 32)
     assert isinstance(net.head[-1], torch.nn.Linear) and net.head[-1].out_features == 7
@@ -45,7 +45,7 @@ def test_the_network_contract():
 
 
 def test_a_checkpoint_from_before_the_backbone_head_split_loads():
-    net = SeedNet(batch_norm=True)
+    net = network("SeedNet", batch_norm=True)
     old_names = {"backbone.conv1": "conv1", "backbone.bn1": "bn1", "backbone.conv2": "conv2", "backbone.bn2": "bn2",
                  "head.fc1": "fc1", "head.bn3": "bn3", "head.fc2": "fc2"}
     old = {}
@@ -53,7 +53,7 @@ def test_a_checkpoint_from_before_the_backbone_head_split_loads():
         layer, _, rest = key.rpartition(".")
         old[f"net.{old_names[layer]}.{rest}"] = tensor.clone() + 1
     wrapper = torch.nn.Module()
-    wrapper.net = SeedNet(batch_norm=True)
+    wrapper.net = network("SeedNet", batch_norm=True)
     wrapper.load_state_dict(old)  # strict: every old key found its new place
     assert torch.equal(wrapper.net.head.fc2.bias, old["net.fc2.bias"])
     assert torch.equal(wrapper.net.backbone.bn1.running_var, old["net.bn1.running_var"])
@@ -64,13 +64,13 @@ def test_fc1_in_features_are_derived_from_the_conv_stack(image_size, kernel_size
     side = image_size
     for _ in range(2):  # valid convolution, then a 2x2 max-pool
         side = (side - kernel_size + 1) // 2
-    net = SeedNet(image_size=image_size, kernel_size=kernel_size, num_classes=7)
+    net = network("SeedNet", image_size=image_size, kernel_size=kernel_size, num_classes=7)
     assert net.head.fc1.in_features == 50 * side * side
     assert tuple(net(torch.zeros(3, 1, image_size, image_size)).shape) == (3, 7)
 
 
 def test_gradients_reach_every_parameter():
-    net = SeedNet()
+    net = network("SeedNet")
     loss = torch.nn.functional.cross_entropy(net(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())

@@ -3,15 +3,16 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.tasks.classification import Classifier
+
+from .conftest import classifier, configured
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}
 
 
 def fit(module, root, **trainer_args) -> pl.Trainer:
-    data = MNISTDataModule(root=str(root), val_size=200, batch_size=32, eval_batch_size=200, download=False)
+    data = configured("data", root=str(root), val_size=200, batch_size=32, eval_batch_size=200, download=False)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, **trainer_args)
     trainer.fit(module, datamodule=data)
@@ -19,7 +20,7 @@ def fit(module, root, **trainer_args) -> pl.Trainer:
 
 
 def test_scheduler_steps_once_per_batch_over_the_whole_run(synthetic_root):
-    module = Classifier(MODEL, SGD, {"_target_": "mnistlab.schedules.cosine", "_partial_": True, "warmup_epochs": 0,
+    module = classifier(MODEL, SGD, {"_target_": "mnistlab.schedules.cosine", "_partial_": True, "warmup_epochs": 0,
                                       "warmup_start_factor": 0.01, "warmup_min_steps": 0})
     trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=5)
     schedule = trainer.lr_scheduler_configs[0]
@@ -29,13 +30,13 @@ def test_scheduler_steps_once_per_batch_over_the_whole_run(synthetic_root):
 
 
 def test_without_a_scheduler_the_lr_stays_put(synthetic_root):
-    trainer = fit(Classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=3)
+    trainer = fit(classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=3)
     assert trainer.lr_scheduler_configs == []
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.1
 
 
 def test_metrics_are_logged_per_stage_and_best_validation_accuracy_is_kept(synthetic_root):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     trainer = fit(module, synthetic_root, max_epochs=2, limit_train_batches=10)
     logged = trainer.callback_metrics
     assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(logged)
@@ -45,7 +46,7 @@ def test_metrics_are_logged_per_stage_and_best_validation_accuracy_is_kept(synth
 
 
 def test_checkpoint_rebuilds_the_network_from_its_saved_configs(tmp_path):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     trainer = pl.Trainer(accelerator="cpu", logger=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -56,6 +57,6 @@ def test_checkpoint_rebuilds_the_network_from_its_saved_configs(tmp_path):
 
 
 def test_the_progress_bar_has_the_loss_from_the_first_step_of_a_short_epoch(synthetic_root):
-    trainer = fit(Classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=10,
+    trainer = fit(classifier(MODEL, SGD, {}), synthetic_root, max_epochs=1, limit_train_batches=10,
                   log_every_n_steps=50)  # the logger writes every 50 steps: never, in this run
     assert "train/loss_step" in trainer.progress_bar_metrics

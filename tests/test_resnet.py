@@ -18,7 +18,7 @@ from mnistlab.tools.evaluate import evaluate
 from mnistlab.tools.export import export
 from mnistlab.tools.inspect_model import layer_table
 
-from .conftest import FAST, train_in_process
+from .conftest import FAST, network, train_in_process
 
 SMALL = {"widths": (4, 8, 16), "blocks": (1, 2, 1)}
 
@@ -46,7 +46,7 @@ def input_reach(module: torch.nn.Module, channels: int, size: int = 15) -> torch
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 def test_stages_halve_the_image_twice_and_widen_by_the_block_expansion(block):
     widths, size = (4, 8, 16), 28
-    net = ResNet(widths=widths, blocks=(1, 1, 1), block=block, image_size=size)
+    net = network("ResNet", widths=widths, blocks=(1, 1, 1), block=block, image_size=size)
     expansion = {"basic": BasicBlock, "bottleneck": Bottleneck}[block].expansion
     shapes = stage_outputs(net, torch.zeros(3, 1, size, size))
     assert shapes == {"stem": (3, widths[0], size, size), "stage1": (3, widths[0] * expansion, size, size),
@@ -57,7 +57,7 @@ def test_stages_halve_the_image_twice_and_widen_by_the_block_expansion(block):
 
 
 def test_resnet_b_moves_the_stride_from_the_first_1x1_to_the_3x3():
-    plain, tweaked = ResNet(**SMALL), ResNet(**SMALL, stride_on_3x3=True)
+    plain, tweaked = network("ResNet", **SMALL), network("ResNet", **SMALL, stride_on_3x3=True)
     for stage in ("stage2", "stage3"):
         assert first_block(plain, stage).conv1.stride == (2, 2) and first_block(plain, stage).conv2.stride == (1, 1)
         assert first_block(tweaked, stage).conv1.stride == (1, 1)
@@ -65,7 +65,7 @@ def test_resnet_b_moves_the_stride_from_the_first_1x1_to_the_3x3():
     x = torch.zeros(2, 1, 28, 28)
     assert stage_outputs(plain, x) == stage_outputs(tweaked, x)
     with pytest.raises(ConfigError, match=r"model.stride_on_3x3=true .* model.block=bottleneck"):
-        ResNet(block="basic", stride_on_3x3=True)
+        network("ResNet", block="basic", stride_on_3x3=True)
 
 
 def test_resnet_b_reads_every_pixel_where_the_original_skips_three_in_four():
@@ -77,12 +77,12 @@ def test_resnet_b_reads_every_pixel_where_the_original_skips_three_in_four():
         out.sum().backward()
         return x.grad[0].abs().sum(0) > 0
 
-    assert int(reach(ResNet(**SMALL)).sum()) == 16 * 16 // 4
-    assert int(reach(ResNet(**SMALL, stride_on_3x3=True)).sum()) == 16 * 16
+    assert int(reach(network("ResNet", **SMALL)).sum()) == 16 * 16 // 4
+    assert int(reach(network("ResNet", **SMALL, stride_on_3x3=True)).sum()) == 16 * 16
 
 
 def test_resnet_c_deepens_the_stem_to_three_3x3_convolutions():
-    plain, deep = ResNet(**SMALL), ResNet(**SMALL, deep_stem=True)
+    plain, deep = network("ResNet", **SMALL), network("ResNet", **SMALL, deep_stem=True)
     convolutions = [m for m in deep.backbone.stem if isinstance(m, torch.nn.Conv2d)]
     assert len([m for m in plain.backbone.stem if isinstance(m, torch.nn.Conv2d)]) == 1
     width = SMALL["widths"][0]
@@ -96,7 +96,7 @@ def test_resnet_c_deepens_the_stem_to_three_3x3_convolutions():
 
 
 def test_resnet_d_average_pools_the_shortcut_before_a_stride_1_convolution():
-    plain, tweaked = ResNet(**SMALL), ResNet(**SMALL, avg_down=True)
+    plain, tweaked = network("ResNet", **SMALL), network("ResNet", **SMALL, avg_down=True)
     original, pooled = first_block(plain, "stage2").shortcut, first_block(tweaked, "stage2").shortcut
     assert [type(m).__name__ for m in original] == ["Conv2d", "BatchNorm2d"] and original.conv.stride == (2, 2)
     assert [type(m).__name__ for m in pooled] == ["AvgPool2d", "Conv2d", "BatchNorm2d"]
@@ -112,14 +112,15 @@ def test_resnet_d_average_pools_the_shortcut_before_a_stride_1_convolution():
 
 
 def test_zero_gamma_starts_each_block_as_its_shortcut():
-    net = ResNet(**SMALL, zero_gamma=True)
+    net = network("ResNet", **SMALL, zero_gamma=True)
     blocks = [m for m in net.modules() if isinstance(m, BasicBlock | Bottleneck)]
     assert len(blocks) == sum(SMALL["blocks"])
     last = {id(block.last_bn) for block in blocks}
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             assert torch.all(module.weight == (0 if id(module) in last else 1))
-    assert all(torch.all(m.weight == 1) for m in ResNet(**SMALL).modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(torch.all(m.weight == 1) for m in network("ResNet", **SMALL).modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
     identity_block = net.backbone.stage2[1]  # stride 1, same width: its shortcut is the identity
     x = torch.relu(torch.randn(4, identity_block.conv1.in_channels, 14, 14))
     for train in (True, False):
@@ -128,14 +129,14 @@ def test_zero_gamma_starts_each_block_as_its_shortcut():
 
 
 def test_resnet_views_show_the_stem_and_the_stages():
-    net = ResNet(**SMALL, deep_stem=True)
+    net = network("ResNet", **SMALL, deep_stem=True)
     assert feature_layers(net) == ["backbone.stem", "backbone.stage1", "backbone.stage2", "backbone.stage3"]
     assert filter_layers(net) == ["backbone.stem.conv1", "backbone.stage1.0.conv1", "backbone.stage2.0.conv1",
                                   "backbone.stage3.0.conv1"]
 
 
 def test_inspect_walks_the_resnet_with_its_parameters_and_multiply_adds():
-    net = ResNet(**SMALL)
+    net = network("ResNet", **SMALL)
     rows, params, macs = layer_table(net, batch_size=2)
     assert params == sum(p.numel() for p in net.parameters())
     stem = next(row for row in rows if row[0] == "backbone.stem.conv")
@@ -198,6 +199,6 @@ def test_resnet_settings_compose_and_bad_ones_are_one_line():
     assert cfg.tricks.label_smoothing == 0.1 and cfg.tricks.no_bias_decay and "ema" in cfg.callbacks
     assert cfg.name == "resnet_bag_of_tricks"
     with pytest.raises(ConfigError, match=r"model.block='wide' must be one of basic, bottleneck"):
-        ResNet(block="wide")
+        network("ResNet", block="wide")
     with pytest.raises(ConfigError, match=r"one entry per stage \(3\)"):
-        ResNet(widths=(8, 16))
+        network("ResNet", widths=(8, 16))

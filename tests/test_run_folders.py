@@ -15,7 +15,7 @@ import yaml
 from mnistlab.errors import ConfigError
 from mnistlab.train import precheck
 
-from .conftest import FAST, REPO, offline_env, run_train, train_in_process, train_main
+from .conftest import FAST, REPO, network, offline_env, run_train, train_in_process, train_main
 
 
 def contents(folder: Path) -> dict[str, bytes | None]:
@@ -162,14 +162,13 @@ def saved_checkpoint(tmp_path: Path, model, **entries) -> Path:
 
 
 def test_a_checkpoint_that_cannot_resume_this_run_is_one_line(tmp_path, monkeypatch):
-    from mnistlab.models import ResNet, SeedNet
 
     monkeypatch.chdir(tmp_path)
-    weights_only = saved_checkpoint(tmp_path, SeedNet(), epoch=None, loops=None)
+    weights_only = saved_checkpoint(tmp_path, network("SeedNet"), epoch=None, loops=None)
     with pytest.raises(ConfigError, match=r"it holds weights but no training state to resume \(no 'epoch' entry\); "
                                           r"start from its weights with tricks.init_from="):
         precheck([f"ckpt_path={weights_only}"])
-    resnet = saved_checkpoint(tmp_path, ResNet())
+    resnet = saved_checkpoint(tmp_path, network("ResNet"))
     with pytest.raises(ConfigError, match=r"its weights \(mnistlab.models.ResNet\) do not fit this run's SeedNet"):
         precheck([f"ckpt_path={resnet}", "model=seednet"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ResNet.ckpt", "SeedNet.ckpt"]  # no run folder

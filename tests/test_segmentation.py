@@ -18,12 +18,11 @@ from mnistlab.callbacks.views import colour_masks
 from mnistlab.config import compose_run_config
 from mnistlab.data.idx import read_idx
 from mnistlab.image_files import ink_band_height
-from mnistlab.models import FCN
 from mnistlab.override_errors import one_line
 from mnistlab.tasks.registry import load_datamodule, load_task
 from mnistlab.tools import evaluate, inspect_model, predict
 
-from .conftest import FAST, older_checkpoint, run_in_process, run_script, train_in_process
+from .conftest import FAST, network, older_checkpoint, run_in_process, run_script, train_in_process
 
 SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "data.val_canvases=64",
          "data.test_canvases=64", "data.batch_size=32", "data.eval_batch_size=64", "trainer.max_epochs=1"]
@@ -31,7 +30,7 @@ SMALL = ["task=segmentation", "data.val_size=200", "data.train_canvases=256", "d
 
 @pytest.mark.parametrize("backbone", ["mnistlab.models.SeedNet", "mnistlab.models.ResNet"])
 def test_an_fcn_scores_every_pixel_from_aligned_feature_maps(backbone):
-    net = FCN({"_target_": backbone})
+    net = network("FCN", backbone={"_target_": backbone})
     x = torch.zeros(2, 1, 64, 64)
     assert net(x).shape == (2, 11, 64, 64)
     assert net.backbone(x).shape[-2:] == (16, 16)  # padded: a quarter of the canvas, aligned with it

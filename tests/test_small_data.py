@@ -14,21 +14,18 @@ from pytorch_lightning.callbacks import Callback
 
 from mnistlab import schedules
 from mnistlab.callbacks.averaging import EMA
-from mnistlab.callbacks.stops import StopIfNotLearning
 from mnistlab.config import compose_run_config
-from mnistlab.data.digits import MNISTDataModule
 from mnistlab.errors import ConfigError, NotLearningError
-from mnistlab.tasks.classification import Classifier
 
-from .conftest import FAST, REPO, RecordWeights, offline_env, train_main
+from .conftest import FAST, REPO, RecordWeights, classifier, configured, offline_env, train_main
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9}
 
 
 def test_train_size_keeps_the_first_images_and_the_same_validation(synthetic_root):
-    whole = MNISTDataModule(root=str(synthetic_root), val_size=200, download=False)
-    part = MNISTDataModule(root=str(synthetic_root), val_size=200, train_size=300, download=False)
+    whole = configured("data", root=str(synthetic_root), val_size=200, download=False)
+    part = configured("data", root=str(synthetic_root), val_size=200, train_size=300, download=False)
     whole.setup("fit")
     part.setup("fit")
     assert len(whole.splits["train"][1]) == 1000 and len(part.splits["train"][1]) == 300
@@ -38,7 +35,7 @@ def test_train_size_keeps_the_first_images_and_the_same_validation(synthetic_roo
 
 
 def test_train_size_beyond_what_validation_leaves_is_one_line(synthetic_root):
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, train_size=1001, download=False)
+    data = configured("data", root=str(synthetic_root), val_size=200, train_size=1001, download=False)
     with pytest.raises(ConfigError, match=r"data.train_size=1001 must be between 1 and 1000: that many training "
                                           r"images remain after the validation slice \(data.val_size=200\)"):
         data.setup("fit")
@@ -74,9 +71,11 @@ def test_ema_decay_warms_up_and_reaches_its_cap():
 
 
 def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     record, ema = RecordWeights(), EMA(decay=0.95, warmup=4)
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    # One optimizer step per Lightning step: the recording callback sees every step's weights.
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=8, limit_val_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          callbacks=[record, ema])
@@ -96,7 +95,7 @@ def test_ema_weights_follow_the_warmed_up_recurrence(synthetic_root):
 ])
 def test_bad_ema_settings_are_one_line(setting, says):
     with pytest.raises(ConfigError) as info:
-        EMA(**setting)
+        configured("callbacks.ema", "callbacks=ema", **setting)
     assert str(info.value) == says
 
 
@@ -111,13 +110,15 @@ class ConstantLoss(Callback):
 
 
 def fit_with_stop(synthetic_root, loss: float | None, epochs: int = 2, min_steps: int = 30):
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
-    stop = StopIfNotLearning(num_classes=10, min_steps=min_steps)
+    # One optimizer step per Lightning step: ConstantLoss sets every step's loss.
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
+    stop = configured("callbacks.not_learning", num_classes=10, min_steps=min_steps)
     before = [ConstantLoss(loss)] if loss is not None else []
     torch.manual_seed(0)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[*before, stop])
-    trainer.fit(Classifier(MODEL, {**SGD, "lr": 0.02}, {}), datamodule=data)
+    trainer.fit(classifier(MODEL, {**SGD, "lr": 0.02}, {}), datamodule=data)
     return stop, trainer
 
 
@@ -179,7 +180,7 @@ def test_the_mnist_recipe_is_bag_of_tricks_as_a_30_epoch_final_fit():
 
 def test_an_unknown_augment_name_is_one_line():
     with pytest.raises(ConfigError, match=r"data.augment='recipes': give null, recipe \(data.recipe_augment\) or "):
-        MNISTDataModule(augment="recipes")
+        configured("data", augment="recipes")
 
 
 @pytest.mark.slow

@@ -19,13 +19,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from mnistlab.data.idx import read_idx
 from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.image_files import fit_to_frame
-from mnistlab.models import SeedNet
 from mnistlab.tasks.registry import load_datamodule, load_task
 from mnistlab.tools import conv_basics, evaluate, export, inspect_model, predict
 from mnistlab.tools.conv_basics import receptive_field, true_convolution
 from mnistlab.tools.inspect_model import layer_table
 
-from .conftest import FAST, REPO, offline_env, older_checkpoint, run_in_process, train_in_process
+from .conftest import FAST, REPO, network, offline_env, older_checkpoint, run_in_process, train_in_process
 
 TOOLS = {"mnistlab-eval": evaluate.main, "mnistlab-predict": predict.main, "mnistlab-export": export.main,
          "mnistlab-inspect": inspect_model.main}
@@ -98,7 +97,7 @@ def test_inspect_walks_the_seed_shapes_with_parameter_formulas():
     assert shapes == ["64, 1, 28, 28", "64, 20, 24, 24", "64, 20, 24, 24", "64, 20, 12, 12", "64, 50, 8, 8",
                       "64, 50, 8, 8", "64, 50, 4, 4", "64, 800", "64, 500", "64, 500", "64, 10"]
     rows = table_rows(result.stdout)
-    net = SeedNet()
+    net = network("SeedNet")
     conv1 = net.backbone.conv1.weight
     assert f"{conv1.shape[0]} x {conv1.shape[1]} x 5 x 5 + {conv1.shape[0]}" in rows["backbone.conv1"]
     assert f"{net.backbone.conv1.weight.numel() + net.backbone.conv1.bias.numel():,}" in rows["backbone.conv1"]
@@ -108,7 +107,7 @@ def test_inspect_walks_the_seed_shapes_with_parameter_formulas():
 @pytest.mark.parametrize("settings", [{}, {"batch_norm": True}, {"downsample": "stride"}, {"kernel_size": 3},
                                       {"dilation": 2}])
 def test_inspect_counts_match_torch_parameters_and_flop_counter(settings):
-    net = SeedNet(**settings)
+    net = network("SeedNet", **settings)
     _, params, macs = layer_table(net, batch_size=1)
     assert params == sum(p.numel() for p in net.parameters())
     with FlopCounterMode(display=False) as counter:  # torch's own count: 2 FLOPs per multiply-add
@@ -117,8 +116,8 @@ def test_inspect_counts_match_torch_parameters_and_flop_counter(settings):
 
 
 def test_inspect_stride_and_pool_variants_have_the_same_shapes():
-    pool, _, _ = layer_table(SeedNet(downsample="pool"), 4)
-    stride, _, _ = layer_table(SeedNet(downsample="stride"), 4)
+    pool, _, _ = layer_table(network("SeedNet", downsample="pool"), 4)
+    stride, _, _ = layer_table(network("SeedNet", downsample="stride"), 4)
     # A stride-2 conv gives what conv + max-pool gives, and fc1's input is the same 800 features.
     pooled = [shape for _, name, shape, *_ in pool if name.startswith("MaxPool2d")]
     strided = [shape for layer, _, shape, *_ in stride if layer.startswith("backbone.conv")]

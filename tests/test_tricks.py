@@ -10,13 +10,13 @@ from pytorch_lightning.callbacks import EMAWeightAveraging
 
 from mnistlab import schedules, tricks
 from mnistlab.checkpoints import existing_checkpoint
-from mnistlab.data.digits import MNISTDataModule
+from mnistlab.config import compose_run_config
 from mnistlab.errors import ConfigError
-from mnistlab.models import SeedNet
 from mnistlab.tasks.classification import Classifier
 from mnistlab.tasks.registry import load_task
+from mnistlab.validation import check_config
 
-from .conftest import RecordWeights
+from .conftest import RecordWeights, classifier, configured, network
 
 MODEL = {"_target_": "mnistlab.models.SeedNet", "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
@@ -39,7 +39,7 @@ def batch(n: int = 8, seed: int = 0):
 
 def test_label_smoothing_loss_equals_the_closed_form():
     torch.manual_seed(0)
-    module = Classifier(MODEL, SGD, {}, label_smoothing=0.1)
+    module = classifier(MODEL, SGD, {}, label_smoothing=0.1)
     x, y = batch()
     loss, logits, labels = module.training_loss(x, y)
     log_p = F.log_softmax(logits, dim=1)
@@ -75,7 +75,7 @@ def test_cutmix_pastes_a_box_and_mixes_targets_by_its_area():
 
 
 def test_mixup_with_label_smoothing_smooths_once_and_scores_the_dominant_label():
-    module = Classifier(MODEL, SGD, {}, label_smoothing=0.1, mixup_alpha=0.4)
+    module = classifier(MODEL, SGD, {}, label_smoothing=0.1, mixup_alpha=0.4)
     attach_trainer(module)
     x, y = batch()
     torch.manual_seed(11)
@@ -90,7 +90,7 @@ def test_mixup_with_label_smoothing_smooths_once_and_scores_the_dominant_label()
 
 
 def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
-    module = Classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_off_last_epochs=1)
+    module = classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_off_last_epochs=1)
     attach_trainer(module, max_epochs=3, epoch=1)
     assert module.mixing_now()
     attach_trainer(module, max_epochs=3, epoch=2)
@@ -98,7 +98,7 @@ def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
     x, y = batch()
     _, _, labels = module.training_loss(x, y)
     assert torch.equal(labels, y)
-    half = Classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_prob=0.5)
+    half = classifier(MODEL, SGD, {}, mixup_alpha=0.2, mix_prob=0.5)
     attach_trainer(half)
     torch.manual_seed(0)
     share = sum(half.mixing_now() for _ in range(2000)) / 2000
@@ -107,7 +107,7 @@ def test_mixing_is_off_in_the_last_epochs_and_follows_its_probability():
 
 # Learning-rate schedules -----------------------------------------------------------------------------------
 
-# The warmup settings of configs/scheduler/*.yaml, off: the schedules have no defaults of their own.
+# The warmup settings of configs/scheduler/_warmup.yaml, off: the schedules have no defaults of their own.
 NO_WARMUP = {"warmup_epochs": 0, "warmup_start_factor": 0.01, "warmup_min_steps": 0}
 
 
@@ -167,8 +167,6 @@ def test_onecycle_rises_to_the_lr_then_anneals():
 @pytest.mark.parametrize(("make", "says"), [
     (lambda o: schedules.cosine(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": 10}),
      "scheduler.warmup_epochs=10 is not shorter"),
-    (lambda o: schedules.constant(o, 100, 10, **{**NO_WARMUP, "warmup_epochs": -1}),
-     "scheduler.warmup_epochs=-1 must be >= 0"),
     (lambda o: schedules.onecycle(o, 100, 10, pct_start=0.25, div_factor=25, warmup_epochs=1),
      "onecycle has its own warmup"),
 ])
@@ -179,16 +177,16 @@ def test_impossible_schedules_are_config_errors(make, says):
 
 def test_linear_scaling_rule_sets_the_optimizer_lr_from_the_batch(synthetic_root):
     assert tricks.linear_scaled_lr(0.1, 1024) == pytest.approx(0.4)
-    module = Classifier(MODEL, SGD, {}, linear_lr_scaling=True)
+    module = classifier(MODEL, SGD, {}, linear_lr_scaling=True)
     trainer = attach_trainer(module)
-    trainer.datamodule = MNISTDataModule(root=str(synthetic_root), batch_size=512)
+    trainer.datamodule = configured("data", root=str(synthetic_root), batch_size=512)
     assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.1 * 512 / 256)
 
 
 # No bias decay, BatchNorm, stride, kernels ------------------------------------------------------------------
 
 def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
-    module = Classifier({**MODEL, "batch_norm": True}, SGD, {}, no_bias_decay=True)
+    module = classifier({**MODEL, "batch_norm": True}, SGD, {}, no_bias_decay=True)
     decay, no_decay = module.configure_optimizers().param_groups
     names = {id(p): n for n, p in module.net.named_parameters()}
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
@@ -197,12 +195,12 @@ def test_no_bias_decay_puts_every_bias_and_norm_parameter_at_zero_decay():
     assert sorted(names[id(p)] for p in no_decay["params"]) == [
         "backbone.bn1.bias", "backbone.bn1.weight", "backbone.bn2.bias", "backbone.bn2.weight", "head.bn3.bias",
         "head.bn3.weight", "head.fc2.bias"]
-    plain = Classifier(MODEL, SGD, {}).configure_optimizers().param_groups
+    plain = classifier(MODEL, SGD, {}).configure_optimizers().param_groups
     assert len(plain) == 1 and plain[0]["weight_decay"] == 5e-4 and len(plain[0]["params"]) == 8
 
 
 def test_batch_norm_variant_has_no_conv_bias_and_a_norm_after_each_layer():
-    net = SeedNet(batch_norm=True)
+    net = network("SeedNet", batch_norm=True)
     assert net.backbone.conv1.bias is None and net.backbone.conv2.bias is None and net.head.fc1.bias is None
     assert net.head.fc2.bias is not None  # the classifier keeps its bias: no BatchNorm follows it
     norms = (net.backbone.bn1, net.backbone.bn2, net.head.bn3)
@@ -216,7 +214,7 @@ def test_batch_norm_variant_has_no_conv_bias_and_a_norm_after_each_layer():
 
 def test_stride_and_pool_variants_give_the_same_shapes_and_different_values():
     torch.manual_seed(0)
-    pool, stride = SeedNet(downsample="pool"), SeedNet(downsample="stride")
+    pool, stride = network("SeedNet", downsample="pool"), network("SeedNet", downsample="stride")
     stride.load_state_dict(pool.state_dict())
     x = torch.randn(64, 1, 28, 28)
     after_pool = F.max_pool2d(F.relu(pool.backbone.conv1(x)), 2)
@@ -229,7 +227,7 @@ def test_stride_and_pool_variants_give_the_same_shapes_and_different_values():
 
 @pytest.mark.parametrize(("kernel", "dilation", "side"), [(3, 1, 5), (5, 1, 4), (3, 2, 4), (5, 2, 1)])
 def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
-    net = SeedNet(kernel_size=kernel, dilation=dilation)
+    net = network("SeedNet", kernel_size=kernel, dilation=dilation)
     span = dilation * (kernel - 1) + 1  # the receptive field of one dilated kernel
     assert (((28 - span + 1) // 2) - span + 1) // 2 == side
     assert net.head.fc1.in_features == 50 * side * side
@@ -238,7 +236,7 @@ def test_kernel_size_and_dilation_keep_fc1_derived(kernel, dilation, side):
 
 def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
     torch.manual_seed(0)
-    net, plain = SeedNet(dropout=0.5), SeedNet()
+    net, plain = network("SeedNet", dropout=0.5), network("SeedNet")
     plain.load_state_dict(net.state_dict())  # no parameters of its own: the same checkpoint keys
     x = torch.randn(256, 1, 28, 28)
     seen = {}
@@ -255,14 +253,14 @@ def test_dropout_zeroes_that_share_of_fc1_outputs_in_training_only():
 
 def test_a_conv_stack_too_large_for_the_image_is_a_config_error():
     with pytest.raises(ConfigError, match="the conv stack leaves nothing of a 28x28 image"):
-        SeedNet(kernel_size=7, dilation=3)
+        network("SeedNet", kernel_size=7, dilation=3)
 
 
 def test_channels_last_puts_the_convolutions_in_nhwc():
-    module = Classifier(MODEL, SGD, {}, channels_last=True)
+    module = classifier(MODEL, SGD, {}, channels_last=True)
     # conv2's weights, [50, 20, 5, 5]: with one input channel, conv1's are contiguous in both formats
     assert module.net.backbone.conv2.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not Classifier(MODEL, SGD, {}, channels_last=False).net.backbone.conv2.weight.is_contiguous(
+    assert not classifier(MODEL, SGD, {}, channels_last=False).net.backbone.conv2.weight.is_contiguous(
         memory_format=torch.channels_last)
     assert module(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
@@ -291,8 +289,8 @@ def save_checkpoint(module: Classifier, path) -> str:
 
 
 def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_path):
-    teacher_path = save_checkpoint(Classifier({**MODEL, "batch_norm": True}, SGD, {}), tmp_path / "teacher.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=teacher_path, distill_weight=0.5, distill_temperature=4)
+    teacher_path = save_checkpoint(classifier({**MODEL, "batch_norm": True}, SGD, {}), tmp_path / "teacher.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=teacher_path, distill_weight=0.5, distill_temperature=4)
     student.train()
     assert not student.teacher.training and not any(p.requires_grad for p in student.teacher.parameters())
     x, y = batch()
@@ -308,14 +306,14 @@ def test_the_teacher_is_frozen_in_eval_mode_and_not_saved_with_the_student(tmp_p
 
 def test_a_missing_teacher_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"tricks.distill_teacher=.*nope.ckpt: no such checkpoint file"):
-        Classifier(MODEL, SGD, {}, distill_teacher=str(tmp_path / "nope.ckpt"))
+        classifier(MODEL, SGD, {}, distill_teacher=str(tmp_path / "nope.ckpt"))
 
 
 def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path):
     torch.manual_seed(0)
-    paths = [save_checkpoint(Classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
+    paths = [save_checkpoint(classifier({**MODEL, "batch_norm": bn}, SGD, {}), tmp_path / f"teacher{i}.ckpt")
              for i, bn in enumerate((True, False))]
-    student = Classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
+    student = classifier(MODEL, SGD, {}, distill_teacher=paths, channels_last=True)
     members = [load_task(path, "test").net.eval() for path in paths]
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -327,27 +325,27 @@ def test_several_teachers_are_one_ensemble_whose_logits_are_their_mean(tmp_path)
 
 
 @pytest.mark.parametrize(("teacher", "says"), [
-    ([], "tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them"),
-    (3, "tricks.distill_teacher=3 must be null, a checkpoint path, or a list of them"),
+    ("[]", "tricks.distill_teacher=[] must be null, a checkpoint path, or a list of them"),
+    ("3", "tricks.distill_teacher=3 must be null, a checkpoint path, or a list of them"),
 ])
 def test_a_teacher_that_is_not_a_path_or_a_list_of_paths_is_a_config_error(teacher, says):
     with pytest.raises(ConfigError) as info:
-        Classifier(MODEL, SGD, {}, distill_teacher=teacher)
+        check_config(compose_run_config([f"tricks.distill_teacher={teacher}"]))
     assert str(info.value).startswith(says)
 
 
 def test_a_missing_member_of_a_teacher_ensemble_is_named(tmp_path):
-    good = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "good.ckpt")
+    good = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "good.ckpt")
     with pytest.raises(ConfigError, match=r"^tricks.distill_teacher=.*gone.ckpt: no such checkpoint file$"):
-        Classifier(MODEL, SGD, {}, distill_teacher=[good, str(tmp_path / "gone.ckpt")])
+        classifier(MODEL, SGD, {}, distill_teacher=[good, str(tmp_path / "gone.ckpt")])
 
 
 # Transfer learning -----------------------------------------------------------------------------------------
 
 def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_convs(tmp_path):
-    source = Classifier(MODEL, SGD, {})
+    source = classifier(MODEL, SGD, {})
     path = save_checkpoint(source, tmp_path / "mnist.ckpt")
-    target = Classifier({**MODEL, "num_classes": 5}, SGD, {}, init_from=path, freeze_conv=True)
+    target = classifier({**MODEL, "num_classes": 5}, SGD, {}, init_from=path, freeze_conv=True)
     for name in ("backbone.conv1.weight", "backbone.conv2.bias", "head.fc1.weight"):
         assert torch.equal(target.net.state_dict()[name], source.net.state_dict()[name])
     assert target.net.head.fc2.weight.shape == (5, 500)
@@ -355,15 +353,17 @@ def test_transfer_copies_matching_weights_sizes_a_new_head_and_can_freeze_the_co
     trained = {id(p) for g in target.configure_optimizers().param_groups for p in g["params"]}
     assert id(target.net.backbone.conv1.weight) not in trained and id(target.net.head.fc2.weight) in trained
     with pytest.raises(ConfigError, match="its backbone does not fit"):
-        Classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
+        classifier({**MODEL, "kernel_size": 3}, SGD, {}, init_from=path)
 
 
 def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, synthetic_root):
     # Lightning converts only submodules to bf16-true; the teacher (not one) must follow, or its fp32 weights meet
     # bf16 inputs.
-    teacher = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=teacher)
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    teacher = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "teacher.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=teacher)
+    # A Lightning step per batch: Lightning converts a batch to bf16, not a group of them (runs take no bf16-true).
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
     trainer = pl.Trainer(accelerator="cpu", precision="bf16-true", max_epochs=1, limit_train_batches=2,
                          limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
@@ -375,15 +375,15 @@ def test_a_teacher_trains_at_a_true_half_precision_with_its_student(tmp_path, sy
 
 def test_a_list_where_one_checkpoint_is_taken_is_one_line():
     with pytest.raises(ConfigError, match=r"^tricks.init_from=\['a.ckpt'\] must be null or one checkpoint path$"):
-        Classifier(MODEL, SGD, {}, init_from=["a.ckpt"])
+        check_config(compose_run_config(["tricks.init_from=[a.ckpt]"]))
     with pytest.raises(ConfigError, match=r"^ckpt_path=\['a.ckpt', 'b.ckpt'\]: takes one checkpoint path$"):
         existing_checkpoint(["a.ckpt", "b.ckpt"], "ckpt_path")
 
 
 def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_source(tmp_path):
-    earlier = save_checkpoint(Classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
-    student = Classifier(MODEL, SGD, {}, distill_teacher=earlier)
-    transferred = Classifier(MODEL, SGD, {}, init_from=earlier, freeze_conv=True)
+    earlier = save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "earlier.ckpt")
+    student = classifier(MODEL, SGD, {}, distill_teacher=earlier)
+    transferred = classifier(MODEL, SGD, {}, init_from=earlier, freeze_conv=True)
     paths = [save_checkpoint(module, tmp_path / f"{name}.ckpt")
              for name, module in (("student", student), ("transferred", transferred))]
     (tmp_path / "earlier.ckpt").unlink()  # tools, and teachers, need only the checkpoint's own weights
@@ -396,9 +396,11 @@ def test_a_distilled_or_transferred_checkpoint_loads_without_its_teacher_or_sour
 # Weight averaging ------------------------------------------------------------------------------------------
 
 def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic_root):
-    module = Classifier(MODEL, SGD, {})
+    module = classifier(MODEL, SGD, {})
     record, ema = RecordWeights(), EMAWeightAveraging(decay=0.9)
-    data = MNISTDataModule(root=str(synthetic_root), val_size=200, batch_size=50, download=False)
+    # One optimizer step per Lightning step: the recording callback sees every step's weights.
+    data = configured("data", root=str(synthetic_root), val_size=200, batch_size=50, download=False,
+                      steps_per_execution=1)
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=6, limit_val_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          callbacks=[record, ema])
@@ -414,15 +416,30 @@ def test_ema_weights_equal_the_recurrence_and_are_what_training_leaves(synthetic
 # Bad values stop before training ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("setting", "says"), [
-    ({"label_smoothing": 1.0}, "tricks.label_smoothing=1.0 must be in [0, 1)"),
-    ({"label_smoothing": -0.1}, "tricks.label_smoothing=-0.1 must be in [0, 1)"),
-    ({"mixup_alpha": -0.2}, "tricks.mixup_alpha=-0.2 must be >= 0"),
-    ({"cutmix_alpha": -1}, "tricks.cutmix_alpha=-1 must be >= 0"),
-    ({"mix_prob": 1.5}, "tricks.mix_prob=1.5 must be in [0, 1]"),
-    ({"distill_temperature": 0}, "tricks.distill_temperature=0 must be > 0"),
-    ({"freeze_conv": True}, "tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT"),
+    ("label_smoothing=1.0", "tricks.label_smoothing=1.0 must be in [0, 1)"),
+    ("label_smoothing=-0.1", "tricks.label_smoothing=-0.1 must be in [0, 1)"),
+    ("mixup_alpha=-0.2", "tricks.mixup_alpha=-0.2 must be >= 0"),
+    ("cutmix_alpha=-1", "tricks.cutmix_alpha=-1 must be >= 0"),
+    ("mix_prob=1.5", "tricks.mix_prob=1.5 must be in [0, 1]"),
+    ("distill_temperature=0", "tricks.distill_temperature=0 must be > 0"),
 ])
 def test_out_of_range_tricks_are_config_errors(setting, says):
     with pytest.raises(ConfigError) as info:
-        Classifier(MODEL, SGD, {}, **setting)
+        check_config(compose_run_config([f"tricks.{setting}"]))
     assert str(info.value).startswith(says)
+
+
+def test_freezing_without_a_transfer_source_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^tricks.freeze_conv=true freezes transferred weights: it needs "
+                                          r"tricks.init_from=CKPT$"):
+        classifier(MODEL, SGD, {}, freeze_conv=True)
+
+
+def test_a_checkpoints_tricks_pass_the_rules_a_runs_do(tmp_path):
+    """The Classifier takes its settings as given: a run's are checked with its config, a checkpoint's as it loads."""
+    saved = torch.load(save_checkpoint(classifier(MODEL, SGD, {}), tmp_path / "m.ckpt"), weights_only=True)
+    saved["hyper_parameters"]["label_smoothing"] = 1.5
+    torch.save(saved, tmp_path / "edited.ckpt")
+    with pytest.raises(ConfigError, match=rf"^ckpt_path={tmp_path / 'edited.ckpt'}: its tricks.label_smoothing=1.5 "
+                                          r"must be in \[0, 1\)$"):
+        load_task(tmp_path / "edited.ckpt", "ckpt_path")

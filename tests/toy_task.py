@@ -19,7 +19,7 @@ class FramedDigits(MNISTDataModule):
 
     ITEMS = "framed digits"
 
-    def __init__(self, frame: int = 40, **digits):
+    def __init__(self, *, frame: int, **digits):
         super().__init__(**digits)
         self.save_hyperparameters(logger=False)
         if frame < self.image_size:

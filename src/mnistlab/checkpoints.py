@@ -2,7 +2,6 @@
 unsafe or foreign file is one line naming the setting that pointed at it."""
 
 import pickle
-import re
 import zipfile
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from mnistlab import __version__
 from mnistlab.errors import ConfigError
+from mnistlab.models.contract import rename_legacy_keys
 from mnistlab.models.ensemble import Ensemble
 from mnistlab.models.registry import build_network, check_network_config
 
@@ -50,7 +50,7 @@ def read_checkpoint(checkpoint: str | Path, what: str) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+        raise ConfigError(f"{what}={checkpoint}: {unloadable_reason(path, err)}") from None
     missing = [key for key in LIGHTNING_KEYS if not isinstance(saved, dict) or key not in saved]
     if missing:
         held = ", ".join(map(repr, list(saved)[:6])) if isinstance(saved, dict) else type(saved).__name__
@@ -106,14 +106,50 @@ def load_net_state(checkpoint: str | Path, what: str) -> dict[str, torch.Tensor]
 def load_network(checkpoint: str | Path, what: str) -> torch.nn.Module:
     """A trained network alone (on the CPU, in eval mode), rebuilt from the model config saved with its weights;
     `what` names the setting that pointed at the checkpoint. Bad files end in one ConfigError line."""
-    saved = read_checkpoint(checkpoint, what)
-    net = build_network(saved_model_config(saved, f"{what}={checkpoint}"), f"{what}={checkpoint}")
-    try:
-        net.load_state_dict({name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
-                             if name.startswith("net.")})
-    except Exception as err:
-        raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
+    net, weights = saved_network(read_checkpoint(checkpoint, what), f"{what}={checkpoint}")
+    net.load_state_dict(weights)
     return net.eval()
+
+
+def saved_network(saved: dict, what: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The network a checkpoint's model config rebuilds (untrained) and the checkpoint's weights for it; one line
+    naming the checkpoint `what` if they do not fit."""
+    net = build_network(saved_model_config(saved, what), what)
+    weights = net_weights(saved, net)
+    check_weights_fit(net, weights, what)
+    return net, weights
+
+
+def net_weights(saved: dict, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's tensors of a checkpoint's contents (`net.` prefix removed), under the names `net` has now (a
+    network that renamed its layers names the old ones in LEGACY_KEYS)."""
+    weights = {name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
+               if name.startswith("net.")}
+    rename_legacy_keys(weights, getattr(net, "LEGACY_KEYS", {}))
+    return weights
+
+
+def unfit_tensors(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> list[str]:
+    """The names that keep `weights` from loading where `own` (a state dict) is: those only one of them has, else
+    those whose shapes differ; none when they fit."""
+    return sorted(set(own) ^ set(weights)) or [name for name in own if own[name].shape != weights[name].shape]
+
+
+def check_weights_fit(net: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """One line, before load_state_dict would fail on them, if `weights` do not fit `net`, the network rebuilt from
+    the model config saved with them."""
+    own = net.state_dict()
+
+    def shown(name: str) -> str:
+        if name in own and name in weights:
+            return f"{name}: {list(weights[name].shape)} saved, {list(own[name].shape)} built"
+        return f"{name}: {'built' if name in own else 'saved'} only"
+
+    unfit = unfit_tensors(own, weights)
+    if unfit:
+        details = "; ".join(shown(name) for name in unfit)
+        details = details if len(details) <= 240 else details[:240] + " ..."
+        raise ConfigError(f"{what}: its weights do not fit the model config saved with them ({details})")
 
 
 TRAINING_STATE = ("epoch", "global_step", "loops", "optimizer_states")  # what a resumed fit restores
@@ -126,10 +162,7 @@ def check_resumable(saved: dict, net: torch.nn.Module, what: str) -> None:
     if missing:
         raise ConfigError(f"{what}: it holds weights but no training state to resume (no {missing[0]!r} entry); "
                           f"start from its weights with tricks.init_from={what.split('=', 1)[1]} instead")
-    weights = {name.removeprefix("net."): tensor for name, tensor in saved["state_dict"].items()
-               if name.startswith("net.")}
-    own = net.state_dict()
-    unfit = sorted(set(own) ^ set(weights)) or [name for name in own if own[name].shape != weights[name].shape]
+    unfit = unfit_tensors(net.state_dict(), net_weights(saved, net))
     if unfit:
         trained = saved_model_config(saved, what).get("_target_")
         raise ConfigError(f"{what}: its weights ({trained}) do not fit this run's {type(net).__name__} "
@@ -145,24 +178,25 @@ def saved_model_config(saved: dict, what: str) -> dict:
     return hyper_parameters["model"]
 
 
+def unloadable_reason(path: Path, err: Exception) -> str:
+    """Why torch.load (weights_only) refused a file, in one line: the Python objects it holds that a safe load does
+    not run, as torch's own scan of the archive names them, or a file that is no checkpoint it can read."""
+    if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (RuntimeError, ValueError):  # an archive too damaged to scan
+            unsafe = []
+        if unsafe:
+            return (f"it holds Python objects ({', '.join(unsafe)}) that a safe load (weights_only) refuses to run, "
+                    "and nothing of it ran; a mnistlab checkpoint holds only tensors and plain values")
+    return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
+
+
 def unreadable_reason(err: Exception) -> str:
-    """Why a checkpoint did not load, in one line."""
-    text = str(err)
-    if "loading state_dict" in text:  # the saved model config rebuilds a network its weights do not fit
-        details = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
-        details = details if len(details) <= 240 else details[:240] + " ..."
-        return f"its weights do not fit the model config saved with them ({details})"
-    unsafe = re.search(r"GLOBAL (\S+)", text)  # what a weights_only load refused to import
-    if unsafe:
-        return (f"it holds Python objects ({unsafe.group(1)}) that a safe load (weights_only) refuses to run, and "
-                "nothing of it ran; a mnistlab checkpoint holds only tensors and plain values")
-    located = re.search(r"Error locating target '([^']+)'", text)
-    if located:
-        return f"its network {located.group(1)} does not exist in this mnistlab ({__version__})"
+    """Why a checkpoint that loaded safely did not rebuild its module, in one line."""
     if isinstance(err, KeyError):
         return f"not a mnistlab checkpoint (no {err} entry)"
-    if isinstance(err, OSError | EOFError | pickle.UnpicklingError) or "zip archive" in text:  # garbage, cut short
-        return f"truncated, corrupt or not a PyTorch checkpoint ({type(err).__name__})"
+    text = str(err)
     return f"not a mnistlab checkpoint ({text.splitlines()[0] if text else type(err).__name__})"
 
 

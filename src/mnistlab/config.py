@@ -1,7 +1,9 @@
 """Composing configs/: where they are, their groups and options (mnistlab's and a hydra.searchpath's), the run config
-of `python train.py` overrides with Trainer options spelled without `+`, and what makes a dataset."""
+of `python train.py` overrides with Trainer options spelled without `+`, the settings configs/ states (the only
+defaults of what they configure), and what makes a dataset."""
 
 import difflib
+import functools
 import inspect
 import os
 from datetime import datetime
@@ -60,6 +62,18 @@ def groups(folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
 
 # Hydra's plugin groups that users pick from the command line.
 PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper")
+
+
+def listed_groups(config_name: str) -> list[str]:
+    """The config groups a primary config's defaults list holds, through the configs it includes (inspect.yaml:
+    train.yaml): `GROUP=NAME` overrides these; any other group is added, `+GROUP=NAME`."""
+    found = []
+    for entry in OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml").get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            found += listed_groups(entry)
+        elif OmegaConf.is_dict(entry):
+            found += [name.removeprefix("optional ") for name in entry if name.removeprefix("optional ") in groups()]
+    return found
 
 
 def group_options(group: str, folders: list[Path] = (CONFIG_DIR,)) -> list[str]:
@@ -127,6 +141,47 @@ def compose_run_config(args: list[str], output_dir: str | None = None) -> DictCo
         cfg.hydra.runtime.output_dir = output_dir or cfg.hydra.run.dir
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+@functools.cache
+def _composed(choices: tuple[str, ...]) -> DictConfig:
+    """train.yaml composed with `choices`, read-only (shared by every caller)."""
+    if GlobalHydra.instance().is_initialized():  # inside a run (a teacher read as it starts): the same configs/
+        cfg = compose("train", overrides=list(choices))
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(choices))
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def stated_settings(section: str, choices: tuple[str, ...] = ()) -> DictConfig | None:
+    """`section` (`data`, `tricks`, `callbacks.ema`) of train.yaml composed with the group `choices`
+    (`task=segmentation`): the settings configs/ states for it. The classes they configure take no defaults of
+    their own, so this is where a setting missing from a checkpoint saved before it existed comes from. Unresolved:
+    a key read from it resolves its interpolation against the whole composed config."""
+    return OmegaConf.select(_composed(tuple(choices)), section)
+
+
+def target_settings(section: str, target: str, choices: tuple[str, ...] = ()) -> DictConfig | None:
+    """The settings configs/ states for the class `target` where it configures `section` (with the group `choices`
+    laid under): in the run of a task that picks it, else of the `section` option that names it (the FCN's under
+    task=segmentation, where its interpolations resolve; the ResNet's under model=resnet). None where no config
+    names it (a user's own network, data module or task)."""
+    candidates = [(*choices, f"task={task}") for task in group_options("task")]
+    candidates += [(*choices, f"{section}={option}") for option in group_options(section)] if section in groups() \
+        else []
+    for chosen in candidates:
+        stated = stated_settings(section, chosen)
+        if stated is not None and stated.get("_target_") == target:
+            return stated
+    return None
+
+
+def missing_settings(stated: DictConfig, given: dict) -> dict:
+    """The settings `stated` (see stated_settings) holds that `given` lacks, resolved one by one, as plain values."""
+    return {key: OmegaConf.to_object(stated[key]) if OmegaConf.is_config(stated[key]) else stated[key]
+            for key in stated if not key.startswith("_") and key not in given}
 
 
 DATASET_KEYS = ("name", "mean", "std", "image_size", "in_channels", "num_classes")  # what makes a dataset

@@ -4,14 +4,13 @@ does not exist (with the closest one), a choice whose plugin or library is not i
 import difflib
 import importlib
 import importlib.metadata
-import re
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab.config import PLUGIN_GROUPS, group_options, groups, search_folders
+from mnistlab.config import PLUGIN_GROUPS, group_options, groups, listed_groups, search_folders
 from mnistlab.errors import MnistlabError
 
 # The packages behind mnistlab's choices, which come with its sweep extra.
@@ -49,8 +48,9 @@ def install_hint(group: str, choice: str, package: str, extra: str) -> str:
             f"pip install -e '.[{extra}]' (mnistlab's {extra} extra) installs it")
 
 
-def unknown_choice(args: list[str]) -> str | None:
-    """One line naming a config-group choice that has no file (`data=emnist`), or None.
+def unknown_choice(args: list[str], config_name: str = "train") -> str | None:
+    """One line naming a config-group choice that has no file (`data=emnist`), or that needs a + because the primary
+    config `config_name` does not list its group (`experiment=mixup`), or None.
 
     Hydra reports these as a multi-line block; checking first keeps bad input to one actionable line.
     """
@@ -79,6 +79,10 @@ def unknown_choice(args: list[str]) -> str | None:
             if choice not in options:
                 return (f"unknown {override.key_or_group} '{choice}' (override {override.input_line}); "
                         f"choose one of: {', '.join(options)}")
+        group, line = override.key_or_group, override.input_line
+        if group in groups(folders) and not (override.is_add() or override.is_force_add()) and \
+                group not in listed_groups(config_name):
+            return f"{line} needs a +: +{line} ({group} is not in the defaults list, so it is added)"
     return None
 
 
@@ -115,10 +119,6 @@ HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 def one_line(err: Exception) -> str:
     if isinstance(err, InstantiationException) and isinstance(err.__cause__, MnistlabError):
         err = err.__cause__  # raised by our code inside a Hydra-instantiated target
-    added = re.search(r"To append to your default list use \+(\S+)", str(err))
-    if added:  # a group that is not in the defaults list is added, not overridden
-        group = added.group(1).split("=")[0]
-        return f"{added.group(1)} needs a +: +{added.group(1)} ({group} is not in the defaults list, so it is added)"
     if isinstance(err, OverrideParseException):
         why = one_line(Exception(err.message.partition("See ")[0]))
         return (f"could not parse {err.override!r}: {why}; quote a value with spaces or special characters "

@@ -26,11 +26,8 @@ from mnistlab.errors import ConfigError
 
 
 def warmup_steps(warmup_epochs: float, total_steps: int, steps_per_epoch: float, min_steps: int = 0) -> int:
-    """The warmup's length in steps: warmup_epochs, at least min(min_steps, a quarter of the run); 0 = none."""
-    if warmup_epochs < 0:
-        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs} must be >= 0")
-    if min_steps < 0:
-        raise ConfigError(f"scheduler.warmup_min_steps={min_steps} must be >= 0")
+    """The warmup's length in steps: warmup_epochs, at least min(min_steps, a quarter of the run); 0 = none.
+    Their ranges are the rules table's (mnistlab.validation.RULES), checked before a run builds anything."""
     if not warmup_epochs:
         return 0
     steps = max(round(warmup_epochs * steps_per_epoch), min(min_steps, total_steps // 4))

@@ -207,13 +207,15 @@ def precheck(args: list[str]) -> list[str]:
     try:
         cfg = compose_run_config(args)
     except HydraException as err:
-        folders = search_folders(args)
-        # What sets which keys exist: the group choices, and where they are found.
-        choices = [a for a in args if a.lstrip("+~").split("=")[0] in [*groups(folders), "hydra.searchpath"]]
-        try:
-            problem = unknown_key(args, compose_run_config(choices), groups(folders))
-        except HydraException:
-            problem = None  # a choice itself is wrong (experiment=X without its +): Hydra's message says which
+        problem = unknown_choice(args)  # a choice itself is wrong (experiment=X without its +)
+        if problem is None:
+            folders = search_folders(args)
+            # What sets which keys exist: the group choices, and where they are found.
+            choices = [a for a in args if a.lstrip("+~").split("=")[0] in [*groups(folders), "hydra.searchpath"]]
+            try:
+                problem = unknown_key(args, compose_run_config(choices), groups(folders))
+            except HydraException:
+                problem = None  # Hydra's own message says what is wrong
         raise ConfigError(problem or one_line(err)) from None
     check_config(cfg)
     folder = Path(cfg.hydra.run.dir)

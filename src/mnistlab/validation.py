@@ -16,6 +16,7 @@ from typeguard import TypeCheckError, check_type
 
 from mnistlab.checkpoints import existing_checkpoint, read_checkpoint, teacher_checkpoints
 from mnistlab.errors import ConfigError
+from mnistlab.models.registry import build_config_network
 from mnistlab.override_errors import one_line
 
 # The "-true" precisions other than 32 convert the weights, while the inspection callbacks feed them fp32 images.
@@ -45,14 +46,14 @@ def one_of(*choices):
     return lambda value: value in choices
 
 
-# key: (check, what is allowed). Keys that a config does not have are skipped.
+# key: (check, what is allowed). Keys that a config does not have are skipped. A rule that only the class that takes
+# the value can state (the datasets it knows, a network's downsampling modes) is that class's alone.
 RULES = {
     "seed": (integer(), "an integer"),
     "name": (lambda value: isinstance(value, str) and 0 < len(value) <= 100 and "/" not in value,
              "1 to 100 characters without / (it names the run's folder)"),
     "compile": (lambda value: isinstance(value, bool) or value in COMPILE_MODES,
                 "true, false or one of " + ", ".join(COMPILE_MODES)),
-    "data.name": (one_of("mnist", "fashion_mnist", "kmnist"), "one of fashion_mnist, kmnist, mnist"),
     "task.metrics.mode": (one_of("max", "min"), "max or min"),
     "task.metrics.test": (lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value),
                           "a list of metric names, e.g. [test/acc, test/loss]"),
@@ -71,7 +72,6 @@ RULES = {
     "model.dilation": (integer(1), "an integer >= 1"),
     "model.hidden": (integer(1), "an integer >= 1"),
     "model.batch_norm": (one_of(True, False), "true or false"),
-    "model.downsample": (one_of("pool", "stride"), "one of pool, stride"),
     "model.dropout": (number(0, 1, high_open=True), "in [0, 1)"),
     "model.num_classes": (integer(2), "an integer >= 2"),
     "model.head_channels": (integer(1), "an integer >= 1"),
@@ -266,7 +266,7 @@ def check_config(cfg: DictConfig) -> None:
         # costs milliseconds (the data module reads its files later, in setup).
         if "_target_" in (settings.get(section) or {}):
             try:
-                instantiate(settings[section])
+                build_config_network(settings[section]) if section == "model" else instantiate(settings[section])
             except InstantiationException as err:
                 raise ConfigError(one_line(err)) from None
     warmup, epochs = scheduler.get("warmup_epochs", 0), settings["trainer"].get("max_epochs")

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class OptunaSweeperConf:
+    """The sweeper's settings and their only defaults (configs/hparams_search/optuna.yaml sets what it changes)."""
     _target_: str = "hydra_plugins.mnistlab_optuna_sweeper.sweeper.OptunaSweeper"
     direction: str = "maximize"
     study_name: str = "mnistlab"
@@ -25,7 +26,8 @@ class OptunaSweeperConf:
     n_trials: int = 20  # the study's budget: trials complete, pruned, failed or running, over every worker
     n_jobs: int = 1  # trials asked for and launched at a time (hydra/launcher=joblib runs them in parallel)
     sampler: dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})
-    # null: no pruning; median, successive_halving, hyperband; or a dict with an optuna.pruners _target_.
+    # null: no pruning; median, successive_halving, hyperband; or a dict with an optuna.pruners _target_. A trial
+    # reports task.metrics.monitor after each validation, and a hopeless one stops early.
     pruner: Any = None
     params: dict[str, str] = field(default_factory=dict)
     heartbeat_interval: int = 10  # seconds between heartbeats of a trial in flight

@@ -107,7 +107,7 @@ class Heartbeats:
 class OptunaSearch:
     def __init__(self, direction: str, study_name: str, storage: str | None, n_trials: int, n_jobs: int,
                  sampler: optuna.samplers.BaseSampler, pruner: Any, params: dict, heartbeat_interval: int,
-                 grace_period: int, trial: int | None = None):
+                 grace_period: int, trial: int | None):
         self.direction, self.study_name, self.storage_url = direction, study_name, storage
         self.n_trials, self.n_jobs = n_trials, max(1, n_jobs)
         # Hydra has instantiated what has a _target_ (the sampler, a pruner given as a dict) before this runs.

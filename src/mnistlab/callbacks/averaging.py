@@ -21,7 +21,7 @@ class EMA(WeightAveraging):
     with the decay it left off at.
     """
 
-    def __init__(self, decay: float = 0.999, warmup: float = 10.0, **kwargs):
+    def __init__(self, *, decay: float, warmup: float, **kwargs):
         if not 0 <= decay < 1:
             raise ConfigError(f"callbacks.ema.decay={decay} must be in [0, 1)")
         if warmup < 1:

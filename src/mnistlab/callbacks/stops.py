@@ -20,7 +20,7 @@ class StopIfNotLearning(pl.Callback):
     short to get there is not judged. The loss is summed on the device; the check reads it once.
     """
 
-    def __init__(self, num_classes: int, min_steps: int = 50, tolerance: float = 0.02):
+    def __init__(self, num_classes: int, *, min_steps: int, tolerance: float):
         self.chance_loss = math.log(num_classes)
         self.min_steps, self.tolerance = min_steps, tolerance
         self.check_step = 0  # set when fitting starts

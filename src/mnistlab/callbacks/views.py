@@ -2,7 +2,8 @@
 batch, validation mistakes, the confusion matrix, calibration, per-class accuracy, histograms and the embedding
 projector.
 
-Each callback is one entry of configs/callbacks/default.yaml (drop one with `~callbacks.NAME`). None of them
+Each callback is one entry of configs/callbacks/default.yaml (drop one with `~callbacks.NAME`), which states its
+settings: they have no defaults here (a setting the yaml leaves out, such as the zoom, keeps its own). None of them
 reads the device every step: images and histograms are drawn once per epoch (or every N), validation
 statistics accumulate on the device and are read once at the epoch's end.
 """
@@ -108,7 +109,7 @@ class FilterImages(pl.Callback):
     """The seed's "how do we get the convolution filters?" (`model.conv1.weight`): each layer's weights as an
     image grid, every N epochs. `layers`: names relative to the network; None: see filter_layers."""
 
-    def __init__(self, layers: tuple[str, ...] | None = None, every_n_epochs: int = 1, zoom: int = 4):
+    def __init__(self, *, layers: tuple[str, ...] | None, every_n_epochs: int, zoom: int = 4):
         self.layers, self.every_n_epochs, self.zoom = layers, every_n_epochs, zoom
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,8 +138,7 @@ class FeatureMaps(pl.Callback):
     every N-th validation: one row per image, one tile per channel, beside the inputs themselves. `layers`: names
     relative to the network; None: its feature layers (see feature_layers)."""
 
-    def __init__(self, layers: tuple[str, ...] | None = None, num_images: int = 4, every_n_epochs: int = 1,
-                 zoom: int = 2):
+    def __init__(self, *, layers: tuple[str, ...] | None, num_images: int, every_n_epochs: int, zoom: int = 2):
         self.layers, self.num_images, self.every_n_epochs, self.zoom = layers, num_images, every_n_epochs, zoom
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -175,7 +175,7 @@ class TrainingBatchImages(pl.Callback):
     The mix shown is drawn with a forked random state, so logging it leaves training's draws unchanged.
     """
 
-    def __init__(self, num_images: int = 64, zoom: int = 2):
+    def __init__(self, *, num_images: int, zoom: int = 2):
         self.num_images, self.zoom = num_images, zoom
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
@@ -198,8 +198,8 @@ class ValidationAnalysis(pl.Callback):
     validation, every N-th after it, and the last of a run that reaches trainer.max_epochs. Those two are
     matplotlib figures, about 0.34 s the pair on a CPU core: drawn every epoch they would add 6% to a CPU epoch."""
 
-    def __init__(self, num_mistakes: int = 32, calibration_bins: int = 15, confusion_matrix: bool = True,
-                 figures_every_n_epochs: int = 5):
+    def __init__(self, *, num_mistakes: int, calibration_bins: int, figures_every_n_epochs: int,
+                 confusion_matrix: bool = True):
         self.num_mistakes, self.calibration_bins = num_mistakes, calibration_bins
         self.confusion_matrix, self.figures_every_n_epochs = confusion_matrix, figures_every_n_epochs
         self.drawing, self.validations = False, 0
@@ -295,7 +295,7 @@ class SegmentationViews(pl.Callback):
     N-th and the last, the first `num_images` validation canvases as rows of input | truth | prediction (colours:
     see colour_masks), and the pixels' confusion matrix (rows: the true class, normalised to sum to 1)."""
 
-    def __init__(self, num_images: int = 4, every_n_epochs: int = 1, zoom: int = 2):
+    def __init__(self, *, num_images: int, every_n_epochs: int, zoom: int = 2):
         self.num_images, self.every_n_epochs, self.zoom = num_images, every_n_epochs, zoom
         self.confusion: MulticlassConfusionMatrix | None = None
         self.drawing = False
@@ -337,7 +337,7 @@ class Histograms(pl.Callback):
     """Histograms of every parameter (`weights/...`) and of its gradient at the epoch's first step
     (`gradients/...`, after AMP unscaling), every N epochs."""
 
-    def __init__(self, every_n_epochs: int = 1):
+    def __init__(self, *, every_n_epochs: int):
         self.every_n_epochs = every_n_epochs
         self.gradients_pending = False
 
@@ -368,7 +368,7 @@ class EmbeddingProjector(pl.Callback):
     `num_images` validation images (training images when there is no validation split), with their labels and
     an image sprite. 0 images: off."""
 
-    def __init__(self, num_images: int = 0):
+    def __init__(self, *, num_images: int):
         self.num_images = num_images
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

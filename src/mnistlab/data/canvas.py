@@ -101,13 +101,13 @@ class CanvasBatches(DeviceBatches):
 
 class CanvasDataModule(MNISTDataModule):
     """MNISTDataModule's digits (and its splits, folders and checks), served as labelled canvases: `num_classes`
-    digit classes, and the background, class 0."""
+    digit classes, and the background, class 0. Every setting is given: configs/task/segmentation.yaml states
+    them, over configs/data/, and is their only default."""
 
     ITEMS = "canvases"
 
-    def __init__(self, canvas_size: int = 64, min_digits: int = 1, max_digits: int = 3, ink_threshold: int = 128,
-                 ignore_index: int = 255, train_canvases: int = 20000, val_canvases: int = 1000,
-                 test_canvases: int = 2000, num_classes: int = 10, **digits):
+    def __init__(self, *, canvas_size: int, min_digits: int, max_digits: int, ink_threshold: int, ignore_index: int,
+                 train_canvases: int, val_canvases: int, test_canvases: int, num_classes: int, **digits):
         super().__init__(num_classes=num_classes, **digits)
         self.save_hyperparameters(logger=False)
         num_classes += 1  # the background

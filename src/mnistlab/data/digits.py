@@ -36,15 +36,16 @@ log = logging.getLogger(__name__)
 class MNISTDataModule(pl.LightningDataModule):
     """MNIST, Fashion-MNIST or KMNIST: official test set as test, the last `val_size` training images as
     validation (the same slice whatever the seed; 0: none, every image trains), the first `train_size` of the
-    rest (None: all of them) as training, everything moved once to the device."""
+    rest (None: all of them) as training, everything moved once to the device.
+
+    Every setting is given: configs/data/ states them (mnist.yaml), and is their only default."""
 
     ITEMS = "images"  # what one training example is, in reports
 
-    def __init__(self, name: str = "mnist", root: str = DEFAULT_ROOT, download: bool = True, val_size: int = 5000,
-                 train_size: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000,
-                 mean: float = 0.1307, std: float = 0.3081, image_size: int = 28, in_channels: int = 1,
-                 num_classes: int = 10, augment: dict | str | None = None, recipe_augment: dict | None = None,
-                 seed: int = 0, steps_per_execution: int | str = 1):
+    def __init__(self, *, name: str, root: str, download: bool, val_size: int, train_size: int | None,
+                 batch_size: int, eval_batch_size: int, mean: float, std: float, image_size: int, in_channels: int,
+                 num_classes: int, augment: dict | str | None, recipe_augment: dict | None, seed: int,
+                 steps_per_execution: int | str):
         super().__init__()
         if augment == "recipe":  # the augmentation that suits this dataset's images, chosen per dataset
             augment = recipe_augment
@@ -56,8 +57,7 @@ class MNISTDataModule(pl.LightningDataModule):
         # Saved in every checkpoint: mnistlab-eval and mnistlab-predict rebuild the run's data from it alone.
         self.save_hyperparameters(logger=False)
         if name not in TORCHVISION_DATASETS:
-            raise ConfigError(f"data.name={name!r} is not a known dataset; choose one of "
-                              f"{', '.join(sorted(TORCHVISION_DATASETS))}")
+            raise ConfigError(f"data.name={name!r} must be one of {', '.join(sorted(TORCHVISION_DATASETS))}")
         self.name, self.root, self.allow_download = name, Path(root).expanduser(), download
         self.val_size, self.train_size = val_size, train_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

@@ -24,8 +24,11 @@ def same_padding(backbone: nn.Module) -> None:
 
 
 class FCN(nn.Module):
-    def __init__(self, backbone: dict | nn.Module, num_classes: int = 11, in_channels: int = 1,
-                 image_size: int = 64, head_channels: int = 128, head_dilation: int = 2):
+    """Every setting is given: configs/model/fcn.yaml states them (build_network fills what a config leaves out, and
+    builds the backbone, whose config may name the network alone)."""
+
+    def __init__(self, *, backbone: dict | nn.Module, num_classes: int, in_channels: int, image_size: int,
+                 head_channels: int, head_dilation: int):
         super().__init__()
         classifier = backbone if isinstance(backbone, nn.Module) else build_network(backbone, "model.backbone")
         self.backbone = classifier.backbone

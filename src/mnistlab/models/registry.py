@@ -3,11 +3,13 @@ classes and gives it plain arguments. Nothing it names is imported or called unl
 classes of `mnistlab.models`, those a user's package declares under the `mnistlab.networks` entry point group,
 and those registered in this process (`register_network`, or the network a run's own config names)."""
 
+import inspect
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 
 from torch import nn
 
+from mnistlab.config import missing_settings, target_settings
 from mnistlab.errors import ConfigError
 from mnistlab.models.contract import current_target
 
@@ -56,8 +58,8 @@ def register_config_networks(model: Mapping) -> None:
 
 def build_network(model: Mapping, what: str = "model") -> nn.Module:
     """The network a model config describes: registered classes only, plain arguments only, nested networks (an
-    FCN's backbone) built the same way. Anything else is one ConfigError line naming `what`, before anything is
-    called."""
+    FCN's backbone) built the same way, a setting of mnistlab's networks that the config leaves out as configs/model/
+    states it. Anything else is one ConfigError line naming `what`, before anything is called."""
     check_network_config(model, what)
     return _build(model)
 
@@ -108,12 +110,36 @@ def _check_plain(value: object, what: str) -> None:
         raise ConfigError(f"{what}: its model config holds a {type(value).__name__}, not a plain value")
 
 
+def build_config_network(model: Mapping) -> nn.Module:
+    """The network a run's own config describes, its networks registered first (the user chose them): Hydra builds
+    the top level (any failure one InstantiationException), which builds the networks nested in it (an FCN's
+    backbone) through build_network."""
+    from hydra.utils import instantiate
+
+    register_config_networks(model)
+    return instantiate(model, _recursive_=False, _convert_="all")
+
+
+def stated_network_settings(cls: type[nn.Module], target: str, given: Mapping) -> dict:
+    """The settings configs/model/ states for the network `target` that `given` lacks, where it lacks one that `cls`
+    requires: a checkpoint saved before a setting existed, an FCN's backbone (its config names the network and its
+    input alone). Nothing where no config names the network (a user's own keeps its signature's defaults)."""
+    required = [p.name for p in inspect.signature(cls).parameters.values() if p.default is inspect.Parameter.empty
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if all(name in given for name in required):
+        return {}
+    stated = target_settings("model", target)
+    return {} if stated is None else missing_settings(stated, given)
+
+
 def _build(value: object) -> object:
     if isinstance(value, Mapping):
-        arguments = {key: _build(item) for key, item in value.items() if key != "_target_"}
         if "_target_" not in value:
-            return arguments
-        return networks()[current_target(value)["_target_"]](**arguments)
+            return {key: _build(item) for key, item in value.items()}
+        target = current_target(value)["_target_"]
+        cls, given = networks()[target], {key: item for key, item in value.items() if key != "_target_"}
+        settings = {**stated_network_settings(cls, target, given), **given}
+        return cls(**{key: _build(item) for key, item in settings.items()})
     if isinstance(value, list | tuple):
         return [_build(item) for item in value]
     return value

@@ -96,14 +96,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """backbone: stem, stage1, stage2, stage3; head: global average pool, flatten, dropout, fc."""
+    """backbone: stem, stage1, stage2, stage3; head: global average pool, flatten, dropout, fc. Every setting is
+    given: configs/model/resnet.yaml states them (build_network fills what a config leaves out)."""
 
     feature_layers = ("backbone.stem", "backbone.stage1", "backbone.stage2", "backbone.stage3")
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 widths: tuple[int, int, int] = (16, 32, 64), blocks: tuple[int, int, int] = (2, 2, 2),
-                 block: Literal["basic", "bottleneck"] = "bottleneck", stride_on_3x3: bool = False,
-                 deep_stem: bool = False, avg_down: bool = False, zero_gamma: bool = False, dropout: float = 0.0):
+    def __init__(self, *, in_channels: int, image_size: int, num_classes: int, widths: tuple[int, int, int],
+                 blocks: tuple[int, int, int], block: Literal["basic", "bottleneck"], stride_on_3x3: bool,
+                 deep_stem: bool, avg_down: bool, zero_gamma: bool, dropout: float):
         super().__init__()
         if block not in BLOCKS:
             raise ConfigError(f"model.block={block!r} must be one of {', '.join(BLOCKS)}")

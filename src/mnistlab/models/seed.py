@@ -27,6 +27,8 @@ class SeedNet(nn.Module):
       inputs both give the seed's 24->12 and 8->4 shapes, with different values.
     - dropout: zeroes that share of fc1's outputs while training (Srivastava et al.), a regulariser aimed at
       fc1, which holds most of the weights; no parameters, so checkpoints load either way.
+
+    Every setting is given: configs/model/seed.yaml states them (build_network fills what a config leaves out).
     """
 
     # Checkpoints written before the backbone/head split named the layers at the top level.
@@ -34,10 +36,8 @@ class SeedNet(nn.Module):
         "conv1.": "backbone.conv1.", "bn1.": "backbone.bn1.", "conv2.": "backbone.conv2.", "bn2.": "backbone.bn2.",
         "fc1.": "head.fc1.", "bn3.": "head.bn3.", "fc2.": "head.fc2."}
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
-                 conv_channels: tuple[int, int] = (20, 50), kernel_size: int = 5, hidden: int = 500,
-                 batch_norm: bool = False, downsample: str = "pool", dilation: int = 1,
-                 dropout: float = 0.0):
+    def __init__(self, *, in_channels: int, image_size: int, num_classes: int, conv_channels: tuple[int, int],
+                 kernel_size: int, hidden: int, batch_norm: bool, downsample: str, dilation: int, dropout: float):
         super().__init__()
         if downsample not in DOWNSAMPLING:
             raise ConfigError(f"model.downsample={downsample!r} must be one of {', '.join(DOWNSAMPLING)}")

@@ -27,33 +27,29 @@ from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup, StepHooks, optimizer_steps_per_epoch
 from mnistlab.image_files import FIT_CHOICES, INK_SHARE, prepare
 from mnistlab.models.registry import build_network, class_name
-from mnistlab.validation import check_values
 
 
 class Classifier(pl.LightningModule):
     """Trains the network `model` (a Hydra config dict with `_target_`) with `optimizer` (likewise, minus
     the params) and an optional per-batch `scheduler` (a partial taking the optimizer and the run's length).
 
-    The remaining arguments are the bag-of-tricks switches, all off by default (configs/train.yaml `tricks`).
-    Everything is saved in the checkpoint, so `mnistlab.tasks.registry.load_task(path)` rebuilds the exact network
-    without the run's config files (and without the run's teacher or transfer source).
+    The remaining arguments are the bag-of-tricks settings, every one given: configs/train.yaml `tricks` states
+    them (all off) and is their only default. Their ranges are the rules table's (mnistlab.validation.RULES),
+    checked where the settings come in: a run's config by check_config, a checkpoint's by
+    mnistlab.tasks.registry.load_task. Everything is saved in the checkpoint, so `load_task(path)` rebuilds the exact
+    network without the run's config files (and without the run's teacher or transfer source).
     """
 
     TRAIN_ACCURACY = "train/acc"
     DATA_MODULE = MNISTDataModule
     ENSEMBLES = True  # mnistlab-eval scores several checkpoints as the mean of their logits
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, label_smoothing: float = 0.0,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
-                 mix_off_last_epochs: int = 0, no_bias_decay: bool = False, linear_lr_scaling: bool = False,
-                 distill_teacher: str | list[str] | None = None, distill_weight: float = 0.5,
-                 distill_temperature: float = 4.0,
-                 init_from: str | None = None, freeze_conv: bool = False, channels_last: bool | str = "auto"):
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, *, label_smoothing: float,
+                 mixup_alpha: float, cutmix_alpha: float, mix_prob: float, mix_off_last_epochs: int,
+                 no_bias_decay: bool, linear_lr_scaling: bool, distill_teacher: str | list[str] | None,
+                 distill_weight: float, distill_temperature: float, init_from: str | None, freeze_conv: bool,
+                 channels_last: bool | str):
         super().__init__()
-        check_values(dict(label_smoothing=label_smoothing, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                          mix_prob=mix_prob, mix_off_last_epochs=mix_off_last_epochs, distill_teacher=distill_teacher,
-                          distill_weight=distill_weight, distill_temperature=distill_temperature,
-                          init_from=init_from, channels_last=channels_last), prefix="tricks")
         if freeze_conv and not init_from:
             raise ConfigError("tricks.freeze_conv=true freezes transferred weights: it needs tricks.init_from=CKPT")
         self.save_hyperparameters(logger=False)

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from mnistlab.checkpoints import MNISTLAB_KEY, existing_checkpoint, read_checkpoint, unreadable_reason
+from mnistlab.checkpoints import MNISTLAB_KEY, existing_checkpoint, read_checkpoint, saved_network, unreadable_reason
+from mnistlab.config import group_options, missing_settings, stated_settings, target_settings
 from mnistlab.errors import ConfigError
 from mnistlab.models.registry import class_name
 from mnistlab.tasks.classification import Classifier
+from mnistlab.validation import check_values
 
 ENTRY_POINT_GROUP = "mnistlab.tasks"
 # Named, not imported: a run imports the task it trains only.
@@ -70,17 +72,38 @@ def task_class(saved: dict, what: str) -> type[Classifier]:
     return known[name]
 
 
+def task_option(kind: type[Classifier]) -> tuple[str, ...]:
+    """The `task=NAME` choice of configs/ whose config names the task `kind`; none for a task of a user's own."""
+    for task in group_options("task"):
+        stated = stated_settings("task", (f"task={task}",))
+        if stated is not None and stated.get("_target_") == class_name(kind):
+            return (f"task={task}",)
+    return ()
+
+
 def load_task(checkpoint: str | Path, what: str) -> Classifier:
     """A trained task module (on the CPU) from a mnistlab checkpoint; `what` names the setting that pointed at it.
     Missing, corrupt and mismatched files end in one ConfigError line. Its hparams read no teacher and no transfer
     source: the saved weights already hold what they gave."""
     path = existing_checkpoint(checkpoint, what)
-    kind = task_class(read_checkpoint(path, what), f"{what}={checkpoint}")
+    saved = read_checkpoint(path, what)  # safe, and mnistlab's: else one line naming what is wrong
+    kind = task_class(saved, f"{what}={checkpoint}")
+    given = saved.get("hyper_parameters") or {}
+    try:  # the rules a run's tricks pass in check_config, for settings that come from a file
+        check_values(given, prefix="tricks")
+    except ConfigError as err:
+        raise ConfigError(f"{what}={checkpoint}: its {err}") from None
+    saved_network(saved, f"{what}={checkpoint}")  # weights that do not fit their model config: one line
+    # A checkpoint saved before a trick or a task setting existed lacks it: configs/ states it.
+    choices = task_option(kind)
+    missing = {**missing_settings(stated_settings("tricks", choices), given),
+               **(missing_settings(stated_settings("task", choices), given) if choices else {})}
+    missing.pop("metrics", None)  # the task config's metric names, not an argument
     try:
         # The saved weights are the whole network: the run's teacher and transfer source are neither reloaded nor
         # needed (they may be gone).
-        return kind.load_from_checkpoint(path, map_location="cpu", distill_teacher=None, init_from=None,
-                                         freeze_conv=False)
+        return kind.load_from_checkpoint(path, map_location="cpu", **{
+            **missing, "distill_teacher": None, "init_from": None, "freeze_conv": False})
     except Exception as err:
         raise ConfigError(f"{what}={checkpoint}: {unreadable_reason(err)}") from None
 
@@ -102,14 +125,22 @@ def data_module_class(saved: dict, task: type[Classifier], what: str) -> type[pl
     return known[name]
 
 
-def init_parameters(kind: type) -> dict[str, inspect.Parameter]:
-    """The named parameters of a class and of the bases it hands `**kwargs` to."""
-    found = {}
-    for cls in reversed(kind.__mro__):
+def init_parameters(kind: type) -> set[str]:
+    """The named parameters of a data module class and of the bases it hands `**kwargs` to."""
+    found = set()
+    for cls in kind.__mro__:
         if "__init__" in vars(cls) and issubclass(cls, pl.LightningDataModule) and cls is not pl.LightningDataModule:
-            found |= {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+            found |= {name for name, p in inspect.signature(cls.__init__).parameters.items()
                       if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return found
+
+
+def stated_data_settings(kind: type, dataset: str | None) -> dict:
+    """The data settings configs/ states for the data module `kind` and `dataset` (its data=NAME option, where
+    there is one): what a checkpoint saved before a setting existed lacks. None for a data module no config names."""
+    choices = (f"data={dataset}",) if dataset in group_options("data") else ()
+    stated = target_settings("data", class_name(kind), choices)
+    return missing_settings(stated, {}) if stated is not None else {}
 
 
 def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> pl.LightningDataModule:
@@ -125,15 +156,15 @@ def load_datamodule(checkpoint: str | Path, overrides: dict[str, object]) -> pl.
         data = OmegaConf.load(run_config).data
         saved = {key: OmegaConf.to_object(data[key]) if OmegaConf.is_config(data[key]) else data[key]
                  for key in data if key != "_target_"}
-    parameters = init_parameters(kind)
-    defaults = {name: p.default for name, p in parameters.items()}
-    settings = {**defaults, **(saved or {}), "download": False}
+    known = {**stated_data_settings(kind, (saved or {}).get("name")), **(saved or {})}
+    settings = {**known, "download": False}
     for key, value in overrides.items():
         name = key.removeprefix("data.")
-        if name not in defaults or name in ("augment", "recipe_augment"):
-            allowed = ", ".join(f"data.{k}" for k in defaults if k not in ("augment", "recipe_augment"))
+        if name not in known or name in ("augment", "recipe_augment"):
+            allowed = ", ".join(f"data.{k}" for k in known if k not in ("augment", "recipe_augment"))
             raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
-        settings[name] = setting_value(key, value, defaults[name])
+        settings[name] = setting_value(key, value, known[name])
+    parameters = init_parameters(kind)
     return kind(**{name: value for name, value in settings.items() if name in parameters})
 
 

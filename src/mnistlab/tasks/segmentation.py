@@ -31,8 +31,7 @@ class Segmenter(Classifier):
     ENSEMBLES = False
     TEST_METRICS = ("test/miou", "test/miou_digits", "test/pixel_acc", "test/loss")  # mnistlab-eval's, in order
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, ignore_index: int = 255,
-                 **tricks):
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict | None = None, *, ignore_index: int, **tricks):
         for name in CLASSIFICATION_ONLY:
             if tricks.get(name):
                 raise ConfigError(f"tricks.{name}={tricks[name]}: a classification trick; segmentation trains on "

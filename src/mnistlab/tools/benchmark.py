@@ -41,6 +41,7 @@ from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
 from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, run_lightning, run_plain, run_tutorial
+from mnistlab.validation import check_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
 VARIANTS = {"a": "mnistlab, defaults", "a2": "mnistlab, b's settings", "b": "plain loop (floor)",
@@ -133,6 +134,7 @@ def compose_config(root: Path, val_size: int | None, device: torch.device, run_d
     if val_size is not None:
         fixed.append(f"data.val_size={val_size}")
     cfg = compose_run_config(fixed + overrides, str(run_dir))
+    check_config(cfg)  # what a run checks before it builds anything: the classes take their settings as given
     if not isinstance(cfg.trainer.max_epochs, int) or cfg.trainer.max_epochs <= EpochTimer.TIMED_EPOCH:
         raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: the benchmark times epoch "
                           f"{EpochTimer.TIMED_EPOCH + 1} of a run, so it must be >= {EpochTimer.TIMED_EPOCH + 1}")

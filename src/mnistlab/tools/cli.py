@@ -16,20 +16,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab.config import CONFIG_DIR, group_options, groups, shell_spelling, spell_trainer_overrides
+from mnistlab.config import CONFIG_DIR, group_options, groups, listed_groups, shell_spelling, spell_trainer_overrides
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.override_errors import one_line, unknown_choice, unknown_key
 
 
 def tool_groups(config_name: str) -> list[str]:
-    """The config groups a primary config composes, through the configs it includes (inspect.yaml: train.yaml)."""
-    found = []
-    for entry in OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml").get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            found += tool_groups(entry)
-        elif OmegaConf.is_dict(entry):
-            found += [name.removeprefix("optional ") for name in entry if name.removeprefix("optional ") in groups()]
-    return [group for group in found if group != "hydra"]
+    """The config groups a primary config composes that a user picks from (Hydra's own settings aside)."""
+    return [group for group in listed_groups(config_name) if group != "hydra"]
 
 
 def groups_help(config_name: str) -> str:
@@ -54,7 +48,7 @@ def open_groups(args: list[str], base: DictConfig) -> list[str]:
 
 def compose_tool(config_name: str, args: list[str]) -> DictConfig:
     """configs/CONFIG_NAME.yaml with the overrides `args`; every `???` value must be given."""
-    problem = unknown_choice(args)
+    problem = unknown_choice(args, config_name)
     if problem:
         raise ConfigError(problem)
     args = shell_spelling(spell_trainer_overrides(args))

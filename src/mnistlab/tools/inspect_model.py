@@ -11,12 +11,12 @@ with torch.fx and the shapes are propagated through it, so the table always matc
 
 import torch
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mnistlab.errors import ConfigError
+from mnistlab.models.registry import build_config_network
 from mnistlab.override_errors import one_line
 from mnistlab.tools.cli import run_tool
 
@@ -88,7 +88,7 @@ def inspect_command(cfg: DictConfig, _args: list[str]) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     try:
         model = OmegaConf.to_container(cfg.model, resolve=True)
-        net = instantiate(model)
+        net = build_config_network(model)
     except HydraException as err:
         raise ConfigError(one_line(err)) from None
     settings = " ".join(f"{key}={value}" for key, value in model.items() if key != "_target_")

@@ -13,13 +13,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mnistlab.build import build_run, build_task
 from mnistlab.errors import ConfigError
 from mnistlab.execution import StepGroup
+from mnistlab.models.registry import build_config_network
 
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
 TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), (0.3081,))
@@ -147,7 +148,7 @@ def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
     test_loader = DataLoader(Subset(dataset, range(train_size, train_size + val_size)),
                              batch_size=TUTORIAL_TEST_BATCH, **loader_kwargs)
     torch.manual_seed(cfg.seed)
-    net = instantiate(cfg.model).to(device)
+    net = build_config_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
 
     def epoch() -> int:
