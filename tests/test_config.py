@@ -203,8 +203,8 @@ def test_a_checkpoint_without_a_trick_or_task_setting_gets_it_as_configs_states_
     import pytorch_lightning as pl
     from omegaconf import open_dict
 
-    from mnistlab.tasks.registry import load_task
     from mnistlab.build import build_task
+    from mnistlab.tasks.registry import load_task
 
     cfg = compose_run_config(list(choices))
     with open_dict(cfg):

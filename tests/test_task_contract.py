@@ -40,7 +40,7 @@ def test_a_task_of_its_own_trains_and_its_checkpoint_names_it(place_run):
     assert saved["mnistlab"]["data"] == "tests.toy_task.FramedDigits"
     checkpoint = place_run["best_checkpoint"]
     module, data = load_task(checkpoint, "ckpt_path"), load_datamodule(checkpoint, {})
-    assert type(module).__name__ == "PlaceTask" and type(data).__name__ == "FramedDigits" and data.frame == 40
+    assert type(module).__name__ == "PlaceTask" and type(data).__name__ == "FramedDigits" and data.frame_size == 40
 
 
 @pytest.mark.slow

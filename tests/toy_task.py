@@ -14,17 +14,18 @@ from mnistlab.tasks.classification import Classifier
 
 
 class FramedDigits(MNISTDataModule):
-    """MNISTDataModule's digits, each at a random place (fixed per seed and split) in a `frame` x `frame` image,
-    labelled with that place."""
+    """MNISTDataModule's digits, each at a random place (fixed per seed and split) in a square image of
+    `frame_size` pixels a side, labelled with that place. (Not `frame`: Lightning's save_hyperparameters skips an
+    argument of that name.)"""
 
     ITEMS = "framed digits"
 
-    def __init__(self, *, frame: int, **digits):
+    def __init__(self, *, frame_size: int, **digits):
         super().__init__(**digits)
         self.save_hyperparameters(logger=False)
-        if frame < self.image_size:
-            raise ConfigError(f"data.frame={frame} is smaller than a digit ({self.image_size})")
-        self.frame = frame
+        if frame_size < self.image_size:
+            raise ConfigError(f"data.frame_size={frame_size} is smaller than a digit ({self.image_size})")
+        self.frame_size = frame_size
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -35,9 +36,9 @@ class FramedDigits(MNISTDataModule):
                 self.splits[split] = self.place(images, generator)
 
     def place(self, digits: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        count, size, room = len(digits), self.image_size, self.frame - self.image_size
+        count, size, room = len(digits), self.image_size, self.frame_size - self.image_size
         corners = torch.randint(0, room + 1, (count, 2), generator=generator, device=digits.device)
-        frames = torch.zeros(count, 1, self.frame, self.frame, dtype=torch.uint8, device=digits.device)
+        frames = torch.zeros(count, 1, self.frame_size, self.frame_size, dtype=torch.uint8, device=digits.device)
         offsets = torch.arange(size, device=digits.device)
         rows = (corners[:, 0, None] + offsets)[:, :, None]
         cols = (corners[:, 1, None] + offsets)[:, None, :]
@@ -64,7 +65,7 @@ class PlaceTask(Classifier):
 
     def room(self) -> int:
         data = self.trainer.datamodule
-        return data.frame - data.image_size
+        return data.frame_size - data.image_size
 
     def training_loss(self, x, y):
         predicted = self(x)
@@ -109,9 +110,9 @@ class PlaceTask(Classifier):
         return False  # its checkpoints always name it
 
     def check_data(self, data, what: str) -> None:
-        if self.net.input_shape[1] != data.frame:
+        if self.net.input_shape[1] != data.frame_size:
             raise ConfigError(f"{what}: the network takes {self.net.input_shape[1]}-pixel frames, the data has "
-                              f"{data.frame}")
+                              f"{data.frame_size}")
 
     def evaluation(self, trainer, data, results: dict) -> dict:
         return {"test/mae": results["test/mae"], "test/loss": results["test/loss"],
@@ -125,9 +126,9 @@ class PlaceTask(Classifier):
     def predict_images(self, data, paths: list[str], settings) -> list[dict]:
         rows = []
         for path in paths:
-            frame = TF.resize(read_grayscale(path)[None, None], [data.frame, data.frame], antialias=True)
+            frame = TF.resize(read_grayscale(path)[None, None], [data.frame_size, data.frame_size], antialias=True)
             with torch.no_grad():
-                row, col = (self(data.normalize(frame * 255))[0].float() * (data.frame - data.image_size)).tolist()
+                row, col = (self(data.normalize(frame * 255))[0].float() * (data.frame_size - data.image_size)).tolist()
             rows.append({"image": path, "inverted": False, "place": (row, col),
                          "answer": f"digit at row {row:.1f}, column {col:.1f}"})
         return rows
