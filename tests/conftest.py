@@ -100,8 +100,9 @@ def run_script(monkeypatch, name: str, *args: str) -> subprocess.CompletedProces
 
 def train_main(monkeypatch, *args: str) -> subprocess.CompletedProcess:
     """`python train.py ARGS` without the process: train.py's `main()`, in this process, as a CompletedProcess. For
-    commands that end in an error, before Hydra starts or inside its run; the SIGINT handler `main` sets and the
-    logging handlers Hydra adds are put back, so later tests see neither."""
+    commands whose process is not the point (an error before Hydra starts or inside its run, a sweep whose folder is
+    what is read); the SIGINT handler `main` sets and the logging handlers Hydra adds are put back, so later tests
+    see neither."""
     monkeypatch.setattr(sys, "argv", ["train.py", *args])
     root, sigint = logging.getLogger(), signal.getsignal(signal.SIGINT)
     handlers, level = root.handlers[:], root.level

@@ -41,7 +41,8 @@ def train_at(tmp_path, name: str, steps: int, *overrides: str) -> dict:
 @pytest.mark.parametrize("recipe", [
     [],  # the default run
     ["+experiment=bag_of_tricks", "trainer.max_epochs=2", "tricks.mixup_alpha=0.2", "trainer.gradient_clip_val=0.5"],
-    ["+experiment=resnet_bag_of_tricks", "trainer.max_epochs=2"],
+    # Every block kind (the stem, a widening stage, two ResNet-D downsamplings), at the smallest widths.
+    ["+experiment=resnet_bag_of_tricks", "trainer.max_epochs=2", "model.widths=[4,8,16]", "model.blocks=[1,1,1]"],
 ], ids=["default", "bag_of_tricks+mixup+clipping", "resnet_bag_of_tricks"])
 def test_eight_steps_per_execution_give_the_weights_of_one(recipe, tmp_path, synthetic_root):
     one = train_at(tmp_path, "k1", 1, f"data.root={synthetic_root}", *recipe)

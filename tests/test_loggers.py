@@ -18,7 +18,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.override_errors import unknown_choice
 from mnistlab.validation import check_config
 
-from .conftest import FAST, REPO, offline_env, run_train, train_in_process
+from .conftest import FAST, REPO, offline_env, train_in_process, train_main
 
 
 def test_logger_choices_compose_alone_and_together():
@@ -146,11 +146,11 @@ def test_a_run_resumed_in_its_folder_continues_its_mlflow_run(tmp_path, syntheti
 
 
 @pytest.mark.slow
-def test_a_sweep_lands_in_one_mlflow_experiment_named_after_its_folder(tmp_path, synthetic_root):
+def test_a_sweep_lands_in_one_mlflow_experiment_named_after_its_folder(tmp_path, synthetic_root, monkeypatch):
     sweep, store = tmp_path / "sweep", f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_train("-m", "seed=1,2", "model.downsample=pool,stride", "logger=mlflow",
-                       f"logger.mlflow.tracking_uri={store}", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}",
-                       *FAST, "trainer.max_epochs=1", timeout=600)
+    result = train_main(monkeypatch, "-m", "seed=1,2", "model.downsample=pool,stride", "logger=mlflow",
+                        f"logger.mlflow.tracking_uri={store}", f"data.root={synthetic_root}",
+                        f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "tensorboard   " not in result.stdout
     assert result.stdout.count(f"mlflow        mlflow ui --backend-store-uri {store}  # experiment {sweep}") == 4

@@ -99,8 +99,9 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def larger_root(tmp_path_factory) -> Path:
-    """Enough images that an epoch takes a moment: a kill lands mid-run."""
-    return write_synthetic_dataset(tmp_path_factory.mktemp("larger"), n_train=5000, n_test=300)
+    """Enough images that an epoch takes a moment (47 steps of 32 after the 500 validation images), so that a kill
+    lands mid-run; few enough that the five epochs of a whole run stay short."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("larger"), n_train=2000, n_test=300)
 
 
 def command(root: Path, *extra: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Searches with mnistlab's Optuna sweeper (hparams_search=optuna), run for real as a user runs them: pruning, a
 search that survives SIGKILL, two workers on one study, and the report's view of the study (in process where only
-its output is read)."""
+what the search writes or prints is read: train.py's main(), the report's)."""
 
 import json
 import re
@@ -21,16 +21,20 @@ import torch
 from mnistlab.search import OptunaPruning, threads_per_job
 from mnistlab.tools.report import main as report_main
 
-from .conftest import REPO, offline_env, run_in_process
+from .conftest import REPO, offline_env, run_in_process, train_main
 
 # Every searched setting fixed on the command line (it wins over the search space): the runs are reproducible.
 FIXED = ["optimizer.weight_decay=0", "data.batch_size=64", "tricks.label_smoothing=0", "tricks.mixup_alpha=0"]
 STATES = optuna.trial.TrialState
 
 
+def search_args(root: Path, *overrides: str) -> list[str]:
+    return ["hparams_search=optuna", f"data.root={root}", "data.val_size=200", "callbacks=minimal",
+            "~callbacks.not_learning", "trainer.enable_progress_bar=false", *FIXED, *overrides]
+
+
 def search(root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "hparams_search=optuna", f"data.root={root}", "data.val_size=200",
-            "callbacks=minimal", "~callbacks.not_learning", "trainer.enable_progress_bar=false", *FIXED, *overrides]
+    return [sys.executable, str(REPO / "train.py"), *search_args(root, *overrides)]
 
 
 def trials(folder: Path) -> dict[int, STATES]:
@@ -65,18 +69,17 @@ def test_a_hopeless_trial_stops_before_its_last_epoch_and_never_after_it():
 
 
 @pytest.mark.slow
-def test_a_hopeless_trial_is_pruned_and_the_study_continues(synthetic_root, tmp_path):
+def test_a_hopeless_trial_is_pruned_and_the_study_continues(synthetic_root, tmp_path, monkeypatch):
     folder = tmp_path / "logs" / "optuna" / "search"
-    first = subprocess.run(search(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=3",
-                                  "hydra.sweeper.n_trials=1"), cwd=tmp_path, env=offline_env(),
-                           capture_output=True, text=True, timeout=600)
+    monkeypatch.chdir(tmp_path)  # the search's folder is under the working folder's logs/
+    first = train_main(monkeypatch, *search_args(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=3",
+                                                 "hydra.sweeper.n_trials=1"))
     assert first.returncode == 0, first.stderr[-3000:]
     # The same search again with a larger budget continues the study: trial 1, whose learning rate cannot learn
     # anything in 3 epochs, reports far below trial 0 after its first epoch and is pruned there.
     pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1,n_warmup_steps:0}"
-    second = subprocess.run(search(synthetic_root, "optimizer.lr=0.0000001", "trainer.max_epochs=3",
-                                   "hydra.sweeper.n_trials=2", pruner), cwd=tmp_path, env=offline_env(),
-                            capture_output=True, text=True, timeout=600)
+    second = train_main(monkeypatch, *search_args(synthetic_root, "optimizer.lr=0.0000001", "trainer.max_epochs=3",
+                                                  "hydra.sweeper.n_trials=2", pruner))
     assert second.returncode == 0, second.stderr[-3000:]
     assert trials(folder) == {0: STATES.COMPLETE, 1: STATES.PRUNED}
     assert json.loads((folder / "1" / "pruned.json").read_text()) == {"status": "pruned", "epoch": 0, "trial": 1}
@@ -128,8 +131,8 @@ def dashboard_view(storage: str) -> tuple[list[dict], dict]:
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_continues_to_its_budget(synthetic_root, tmp_path):
     folder = tmp_path / "logs" / "optuna" / "search"
-    command = search(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=4", "hydra.sweeper.n_trials=3",
-                     "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
+    command = search(synthetic_root, "optimizer.lr=0.05", "trainer.max_epochs=4", "trainer.limit_train_batches=4",
+                     "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2")
     process = subprocess.Popen(command, cwd=tmp_path, env=offline_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
@@ -150,8 +153,8 @@ def test_a_search_killed_mid_trial_continues_to_its_budget(synthetic_root, tmp_p
 @pytest.mark.slow
 def test_two_workers_share_one_study_with_distinct_trials(synthetic_root, tmp_path):
     folder = tmp_path / "logs" / "optuna" / "search"
-    command = search(synthetic_root, "trainer.max_epochs=2", "hydra.sweeper.n_trials=4",
-                     "optimizer.lr=tag(log,interval(0.01,0.1))")
+    command = search(synthetic_root, "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+                     "hydra.sweeper.n_trials=4", "optimizer.lr=tag(log,interval(0.01,0.1))")
     workers = [subprocess.Popen(command, cwd=tmp_path, env=offline_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for worker in workers:

@@ -27,10 +27,10 @@ def report(sweep_dir) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_root):
+def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_root, monkeypatch):
     sweep = tmp_path / "grid"
-    result = run_train("-m", "model.downsample=pool,stride", "optimizer.lr=0.05,0.1", f"data.root={synthetic_root}",
-                       f"hydra.sweep.dir={sweep}", *QUICK)
+    result = train_main(monkeypatch, "-m", "model.downsample=pool,stride", "optimizer.lr=0.05,0.1",
+                        f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2", "3"]
 
@@ -52,10 +52,10 @@ def test_a_2x2_grid_gives_four_jobs_and_a_four_row_report(tmp_path, synthetic_ro
 
 
 @pytest.mark.slow
-def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
+def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root, monkeypatch):
     sweep = tmp_path / "sweep"
-    result = run_train("-m", "model.downsample=bogus,pool", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}",
-                       *QUICK)
+    result = train_main(monkeypatch, "-m", "model.downsample=bogus,pool", f"data.root={synthetic_root}",
+                        f"hydra.sweep.dir={sweep}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     failure = json.loads((sweep / "0" / "failure.json").read_text())
     assert failure["error"] == "model.downsample='bogus' must be one of pool, stride"
@@ -71,12 +71,12 @@ def test_one_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_r
 
 
 @pytest.mark.slow
-def test_a_job_whose_config_does_not_compose_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root):
+def test_a_job_whose_config_does_not_compose_is_recorded_and_the_sweep_goes_on(tmp_path, synthetic_root, monkeypatch):
     """`model=seednet,resnet model.hidden=100`: the ResNet has no `hidden`, so job 1 cannot even be composed; Hydra's
     own sweeper would compose every job first and stop them all."""
     sweep = tmp_path / "sweep"
-    result = run_train("-m", "model=resnet,seednet", "model.hidden=100", f"data.root={synthetic_root}",
-                       f"hydra.sweep.dir={sweep}", *QUICK)
+    result = train_main(monkeypatch, "-m", "model=resnet,seednet", "model.hidden=100", f"data.root={synthetic_root}",
+                        f"hydra.sweep.dir={sweep}", *QUICK)
     assert result.returncode == 0, result.stderr[-3000:]
     failure = json.loads((sweep / "0" / "failure.json").read_text())
     assert failure["error"].startswith("Could not override 'model.hidden'") and "model=resnet" in failure["overrides"]
@@ -87,11 +87,11 @@ def test_a_job_whose_config_does_not_compose_is_recorded_and_the_sweep_goes_on(t
 
 
 @pytest.mark.slow
-def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root):
+def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root, monkeypatch):
     sweep = tmp_path / "optuna"
     searched = [o for o in QUICK if not o.startswith("data.batch_size=")]  # a fixed value would replace the search
-    result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", f"data.root={synthetic_root}",
-                       f"hydra.sweep.dir={sweep}", *searched)
+    result = train_main(monkeypatch, "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"data.root={synthetic_root}",
+                        f"hydra.sweep.dir={sweep}", *searched)
     assert result.returncode == 0, result.stderr[-3000:]
     best = json.loads((sweep / "optimization_results.json").read_text())
     trials = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
@@ -106,10 +106,10 @@ def test_an_optuna_search_returns_the_best_val_acc_best(tmp_path, synthetic_root
 
 
 @pytest.mark.slow
-def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_path, synthetic_root):
+def test_an_optuna_search_without_validation_fails_each_trial_in_one_line(tmp_path, synthetic_root, monkeypatch):
     sweep = tmp_path / "optuna"
-    result = run_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", f"data.root={synthetic_root}",
-                       f"hydra.sweep.dir={sweep}", *QUICK, "data.val_size=0")
+    result = train_main(monkeypatch, "hparams_search=optuna", "hydra.sweeper.n_trials=1", f"data.root={synthetic_root}",
+                        f"hydra.sweep.dir={sweep}", *QUICK, "data.val_size=0")
     failure = json.loads((sweep / "0" / "failure.json").read_text())
     assert failure["error"] == ("data.val_size=0 leaves the Optuna search nothing to optimise (it optimises "
                                 "val/acc_best): keep a validation split for the search, and use val_size=0 for "
@@ -201,10 +201,11 @@ def files_and_times(folder) -> dict:
 
 @pytest.mark.slow
 def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_the_interrupted_one(tmp_path,
-                                                                                                   synthetic_root):
+                                                                                                   synthetic_root,
+                                                                                                   monkeypatch):
     sweep = tmp_path / "sweep"
     command = ["-m", "seed=1,2,3,4,5,6", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *FAST,
-               "callbacks=minimal", "+callbacks.crash._target_=tests.crash.KillOnce",
+               "trainer.limit_train_batches=4", "callbacks=minimal", "+callbacks.crash._target_=tests.crash.KillOnce",
                f"+callbacks.crash.marker={tmp_path / 'killed'}", "+callbacks.crash.job=2"]
     killed = run_train(*command)
     assert killed.returncode == -9, killed.stderr[-3000:]  # the process died in job 2's second epoch
@@ -212,7 +213,7 @@ def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_th
     assert (sweep / "2" / "checkpoints" / "last.ckpt").is_file() and not (sweep / "3").exists()
     before = {job: files_and_times(sweep / job) for job in ("0", "1")}
 
-    rerun = run_train(*command)
+    rerun = train_main(monkeypatch, *command)  # the rerun reads the folder: in process
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Continuing the sweep in {sweep}: 2 finished, 1 resumed, 0 rerun, 3 to run" in rerun.stdout
     assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "1", "2", "3", "4", "5"]
@@ -230,7 +231,7 @@ def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_th
 def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(tmp_path, synthetic_root, monkeypatch):
     sweep, late = tmp_path / "sweep", tmp_path / "late"  # job 1's data arrives after the first attempt
     command = ["-m", f"data.root={synthetic_root},{late}", f"hydra.sweep.dir={sweep}", *QUICK]
-    first = run_train(*command)
+    first = train_main(monkeypatch, *command)
     assert first.returncode == 0, first.stderr[-3000:]
     assert (sweep / "0" / "metrics.json").is_file() and (sweep / "1" / "failure.json").is_file()
     late.symlink_to(synthetic_root)
@@ -243,7 +244,7 @@ def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(t
                                  f"or remove {sweep}\n") and other.stderr.count("\n") == 1
     assert not (sweep / "0" / "earlier-attempts").exists() and files_and_times(sweep / "0") == kept
 
-    again = run_train(*command)
+    again = train_main(monkeypatch, *command)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Continuing the sweep in {sweep}: 1 finished, 0 resumed, 1 rerun, 0 to run" in again.stdout
     assert files_and_times(sweep / "0") == kept
@@ -254,7 +255,7 @@ def test_a_rerun_sweep_runs_its_failed_jobs_again_and_another_sweep_is_refused(t
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_sweep_says_how_to_continue_it_and_the_rerun_does(tmp_path, synthetic_root):
+def test_ctrl_c_in_a_sweep_says_how_to_continue_it_and_the_rerun_does(tmp_path, synthetic_root, monkeypatch):
     sweep = tmp_path / "sweep"
     command = ["-m", "seed=1,2", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *FAST, "callbacks=minimal",
                "+callbacks.crash._target_=tests.crash.KillOnce", f"+callbacks.crash.marker={tmp_path / 'stopped'}",
@@ -264,7 +265,7 @@ def test_ctrl_c_in_a_sweep_says_how_to_continue_it_and_the_rerun_does(tmp_path, 
     last = sweep / "1" / "checkpoints" / "last.ckpt"
     assert ("rerun the sweep's command into its folder (hydra.sweep.dir) to continue it: this job resumes from "
             f"{last}") in stopped.stdout
-    rerun = run_train(*command)
+    rerun = train_main(monkeypatch, *command)  # the rerun reads the folder: in process
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Continuing the sweep in {sweep}: 1 finished, 1 resumed, 0 rerun, 0 to run" in rerun.stdout
     assert json.loads((sweep / "1" / "metrics.json").read_text())["epochs"] == 2
