@@ -205,7 +205,7 @@ def test_a_sweep_killed_mid_job_and_rerun_keeps_the_finished_jobs_and_resumes_th
                                                                                                    monkeypatch):
     sweep = tmp_path / "sweep"
     command = ["-m", "seed=1,2,3,4,5,6", f"data.root={synthetic_root}", f"hydra.sweep.dir={sweep}", *FAST,
-               "trainer.limit_train_batches=4", "callbacks=minimal", "+callbacks.crash._target_=tests.crash.KillOnce",
+               "callbacks=minimal", "+callbacks.crash._target_=tests.crash.KillOnce",
                f"+callbacks.crash.marker={tmp_path / 'killed'}", "+callbacks.crash.job=2"]
     killed = run_train(*command)
     assert killed.returncode == -9, killed.stderr[-3000:]  # the process died in job 2's second epoch
