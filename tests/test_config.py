@@ -266,7 +266,7 @@ CONSUMERS = {"hydra_plugins.mnistlab_optuna_sweeper.sweeper.OptunaSweeper":
              "hydra_plugins.mnistlab_optuna_sweeper._optuna.OptunaSearch"}
 
 
-def own(obj) -> bool:
+def of_mnistlab(obj) -> bool:
     return obj.__module__.startswith(("mnistlab.", "hydra_plugins.mnistlab"))
 
 
@@ -298,7 +298,7 @@ def signature_defaults(target: str) -> dict:
     obj = get_object(CONSUMERS.get(target, target))
     found = {}
     for cls in inspect.getmro(obj) if inspect.isclass(obj) else (obj,):
-        if inspect.isclass(cls) and (not own(cls) or "__init__" not in vars(cls)):
+        if inspect.isclass(cls) and (not of_mnistlab(cls) or "__init__" not in vars(cls)):
             continue
         parameters = inspect.signature(cls).parameters.values()
         found |= {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
@@ -372,7 +372,7 @@ def signature_parameters(target: str) -> set[str]:
     from hydra.utils import get_object
 
     obj = get_object(target)
-    return {name for cls in (inspect.getmro(obj) if inspect.isclass(obj) else (obj,)) if own(cls)
+    return {name for cls in (inspect.getmro(obj) if inspect.isclass(obj) else (obj,)) if of_mnistlab(cls)
             for name in inspect.signature(cls).parameters}
 
 
