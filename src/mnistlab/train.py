@@ -93,8 +93,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> dict:
     if resume_from is None and (resume_from := interrupted_job(run_dir)) is not None:
         log.info(f"resuming this job from {resume_from}")
 
-    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-             for key in ("model", "task", "optimizer", "scheduler", "tricks")}
+    parts = OmegaConf.to_container(cfg, resolve=True)
     trial = trial_number()
     pruning = None if trial is None else OptunaPruning(open_trial(trial), cfg.task.metrics.monitor)
     datamodule, module, trainer = build_run(cfg, () if pruning is None else (pruning,))
