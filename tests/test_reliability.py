@@ -1,7 +1,8 @@
 """Reliability: bad configs stop before anything is written, kill -9 then `ckpt_path=last` ends exactly where an
 uninterrupted run ends, Ctrl-C saves a checkpoint, a diverged loss stops the run, runs are deterministic, and DDP
 trains on 2 CPU processes with synced metrics: through the real `python train.py` where a signal, a kill, a lock or
-the process's exit status is the point, train.py's main() in process where one line of error is."""
+the process's exit status is the point, train.py's main() in process where one line of error is, or a run whose
+result is compared with a reference run's."""
 
 import json
 import os
@@ -104,9 +105,24 @@ def larger_root(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("larger"), n_train=2000, n_test=300)
 
 
+def overrides(root: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", "data.val_size=500", "data.batch_size=32", "trainer.max_epochs=5",
+            "trainer.log_every_n_steps=20", *RANDOM_PARTS, *extra]
+
+
 def command(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), f"data.root={root}", "data.val_size=500", "data.batch_size=32",
-            "trainer.max_epochs=5", "trainer.log_every_n_steps=20", *RANDOM_PARTS, *extra]
+    return [sys.executable, str(REPO / "train.py"), *overrides(root, *extra)]
+
+
+def train_here(monkeypatch, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The same run as `command`, train.py's main() in this process; the deterministic-algorithms switch that
+    trainer.deterministic=true turns on is put back, so later tests run as they would have."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return train_main(monkeypatch, *overrides(root, *extra))
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def final(run_dir: Path) -> dict:
@@ -124,10 +140,9 @@ def reference_run(tmp_path_factory, larger_root) -> Path:
 
 
 @pytest.mark.slow
-def test_deterministic_runs_give_identical_metrics(reference_run, larger_root, tmp_path):
+def test_deterministic_runs_give_identical_metrics(reference_run, larger_root, tmp_path, monkeypatch):
     again = tmp_path / "again"
-    result = subprocess.run(command(larger_root, f"hydra.run.dir={again}"), env=offline_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = train_here(monkeypatch, larger_root, f"hydra.run.dir={again}")  # the reference ran as a process
     assert result.returncode == 0, result.stderr[-3000:]
     assert final(again) == final(reference_run)
 
@@ -141,7 +156,8 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
 
 
 @pytest.mark.slow
-def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(reference_run, larger_root, tmp_path):
+def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(reference_run, larger_root, tmp_path,
+                                                                             monkeypatch):
     # From a working folder of its own, as a user runs it: the run folder is logs/default/runs/<time>.
     process = subprocess.Popen(command(larger_root), cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -155,8 +171,8 @@ def test_kill_9_then_ckpt_path_last_ends_exactly_like_an_uninterrupted_run(refer
     assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
     killed_at = torch.load(last, weights_only=True)["epoch"]
 
-    result = subprocess.run(command(larger_root, "ckpt_path=last"), cwd=tmp_path, env=offline_env(),
-                            capture_output=True, text=True, timeout=600)
+    monkeypatch.chdir(tmp_path)
+    result = train_here(monkeypatch, larger_root, "ckpt_path=last")  # the resume, from the same working folder
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {run_dir.relative_to(tmp_path)}" in result.stdout
     assert [p.name for p in runs.iterdir()] == [run_dir.name]  # continued in its own folder
