@@ -98,8 +98,9 @@ def test_a_read_only_place_is_one_line_and_the_run_folder_keeps_what_was_there(r
 def test_two_runs_started_together_into_one_folder_one_proceeds_and_the_folder_records_it(synthetic_root, tmp_path):
     run_dir = tmp_path / "run"
     runs = [subprocess.Popen([sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"data.root={synthetic_root}",
-                              *FAST, "callbacks=minimal", f"seed={seed}"], cwd=REPO, env=offline_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+                              *FAST, "trainer.limit_train_batches=4", "callbacks=minimal", f"seed={seed}"],
+                             cwd=REPO, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2)]
     results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], [err[-1500:] for _, _, err in results]
@@ -115,8 +116,8 @@ def test_two_runs_started_together_into_one_folder_one_proceeds_and_the_folder_r
 def test_two_sweeps_started_together_into_one_folder_one_proceeds_and_each_job_records_its_own(synthetic_root,
                                                                                                tmp_path):
     sweep = tmp_path / "sweep"
-    common = [f"data.root={synthetic_root}", *FAST, "trainer.max_epochs=1", "callbacks=minimal",
-              f"hydra.sweep.dir={sweep}"]
+    common = [f"data.root={synthetic_root}", *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+              "callbacks=minimal", f"hydra.sweep.dir={sweep}"]
     sweeps = [subprocess.Popen([sys.executable, "train.py", "-m", seeds, *common], cwd=REPO, env=offline_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for seeds in ("seed=1,2", "seed=3,4")]
