@@ -27,6 +27,12 @@ from mnistlab.tasks.classification import Classifier
 from mnistlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist each worker has a core of its own: one torch thread each, for the processes it starts too,
+# instead of two workers' thread pools spinning against each other on two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 # Fast settings for end-to-end runs on the synthetic data (1200 training images, 300 test images).
 FAST = ["data.val_size=200", "data.batch_size=64", "data.eval_batch_size=500", "trainer.max_epochs=2",
         "trainer.log_every_n_steps=5"]

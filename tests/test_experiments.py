@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 NEEDS_A_CHECKPOINT = {"distill": "tricks.distill_teacher", "transfer": "tricks.init_from",
                       "segmentation_transfer": "tricks.init_from"}
 # One test batch too: the segmentation experiments' test set is 8 batches of canvases, the slowest part of a run.
-TINY = ["data.val_size=200", "data.batch_size=64", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+TINY = ["data.val_size=200", "data.batch_size=32", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1"]
 # The classifiers' validation figures (tests/test_inspection.py checks them) take 40% of a run this short: the sweep
 # turns them off. The segmentation task has none to turn off, so its experiment runs after the sweep, in process.

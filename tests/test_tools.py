@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +68,24 @@ def test_console_scripts_take_hydra_overrides(trained, tmp_path):
     checkpoint, metrics = trained
     lightning_named = tmp_path / "epoch=1-step=38.ckpt"  # Lightning's own file names hold '=' in the value
     shutil.copy(checkpoint, lightning_named)
-    result, typo, *helps = console_scripts(
+    result, typo = console_scripts(
         ("mnistlab-eval", f"ckpt_path={lightning_named}", "data=mnist", "accelerator=cpu"),
-        ("mnistlab-eval", f"ckpt_path={checkpoint}", "acelerator=cpu"), *((name, "--help") for name in TOOLS))
+        ("mnistlab-eval", f"ckpt_path={checkpoint}", "acelerator=cpu"))
     assert result.returncode == 0, result.stderr
     assert f"test/acc    {metrics['test/acc']:.4f}" in result.stdout
     assert_one_line_error(typo, "unknown key 'acelerator'", "did you mean accelerator?")
-    usages = dict(zip(TOOLS, helps, strict=True))
-    for name, usage in usages.items():
-        assert usage.returncode == 0 and usage.stdout.startswith(f"{name}:"), usage.stdout
+
+
+def test_each_tool_is_an_installed_console_script_with_its_usage():
+    # The processes above show that an installed script runs its main; each tool's script is installed, names that
+    # main, and its --help lists the groups it takes.
+    scripts = {entry.name: entry for entry in entry_points(group="console_scripts") if entry.name in TOOLS}
+    assert sorted(scripts) == sorted(TOOLS)
+    usages = {}
+    for name, main in TOOLS.items():
+        assert scripts[name].load() is main and Path(sys.executable).with_name(name).is_file(), name
+        usages[name] = tool(name, "--help")
+        assert usages[name].returncode == 0 and usages[name].stdout.startswith(f"{name}:"), usages[name].stdout
     assert "  data           fashion_mnist, kmnist, mnist" in usages["mnistlab-eval"].stdout
     assert re.search(r"\n  \+experiment +amp, ", usages["mnistlab-inspect"].stdout)
 
