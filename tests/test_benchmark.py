@@ -131,17 +131,22 @@ def test_caveats_name_short_epochs_few_repeats_and_a_busy_machine():
 @pytest.mark.slow
 def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_path):
     out = tmp_path / "sweep.json"
-    result = bench("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200", "--repeats", "1",
+    result = bench("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200", "--repeats", "2",
                    "--batch-sizes", "64,128", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \|$", result.stdout,
-                      re.MULTILINE)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \| "
+                      r"([\d.]+) \(([\d.]+)-([\d.]+)\) \|$", result.stdout, re.MULTILINE)
     assert [(batch, steps) for batch, steps, *_ in rows] == [("64", "6"), ("128", "3")]  # 400 images // batch
     report = json.loads(out.read_text())
-    for row in report["batch_sweep"]:
+    for row, printed in zip(report["batch_sweep"], rows, strict=True):
         assert row["a2/b"] == pytest.approx(row["b_seconds"] / row["a2_seconds"])
         overhead = 1000 * (row["a2_seconds"] - row["b_seconds"]) / row["steps"]
         assert row["overhead_ms_per_step"] == pytest.approx(overhead)
+        # The paired ratio: b over a2 within each repeat, their median (of two: the mean) and range.
+        each = sorted(b / a2 for a2, b in zip(row["a2_all"], row["b_all"], strict=True))
+        assert row["a2/b_paired"] == pytest.approx({"median": sum(each) / 2, "low": each[0], "high": each[1]})
+        assert [float(cell) for cell in printed[-3:]] == pytest.approx(
+            [row["a2/b_paired"][key] for key in ("median", "low", "high")], abs=0.006)
     assert "note: the shortest timed epoch took" in result.stdout  # 400 images: the figures mean little, and it says so
 
 

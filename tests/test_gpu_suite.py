@@ -40,4 +40,8 @@ def test_the_gpu_suite_runs_in_smoke_mode_and_writes_its_report(tmp_path, monkey
     resnet, seed = report["targets"]
     assert resnet["reached"] == (resnet["test/acc"] >= 0.95 and resnet["parameters"] <= 1_000_000)
     assert seed["reached"] == (seed["test/acc"] >= 0.94)
-    assert "| MNIST to 99% |" in (tmp_path / "REPORT.md").read_text()
+    markdown = (tmp_path / "REPORT.md").read_text()
+    assert "| MNIST to 99% |" in markdown
+    paired = row["a2/b_paired"]  # one repeat: its one pair is the median and both ends of the range
+    assert paired["median"] == paired["low"] == paired["high"] == pytest.approx(row["b_all"][0] / row["a2_all"][0])
+    assert f"| 64 | {row['steps_per_execution']} | {row['a2/b']:.2f} | {paired['median']:.2f} (" in markdown

@@ -304,35 +304,50 @@ def groups(cfg: DictConfig, batch: int) -> int:
     return auto_steps_per_execution(batch, torch.device(cfg.trainer.accelerator)) if setting == "auto" else setting
 
 
+def paired(b: list[float], other: list[float]) -> dict:
+    """b's time over the other's in each repeat, which measures them back to back: the median and the range. A
+    neighbour's load that changes between repeats slows both of a pair alike, so their ratio keeps steadier than
+    the ratio of two medians taken across repeats."""
+    each = [b_seconds / seconds for b_seconds, seconds in zip(b, other, strict=True)]
+    return {"median": statistics.median(each), "low": min(each), "high": max(each)}
+
+
 def overhead_row(batch: int, times: dict[str, list[float]], steps: int) -> dict:
-    """a2 against b at one batch size: median epoch seconds, their ratio (b's time over a2's, as a speed ratio),
-    and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds; the same for a2 at one optimizer
-    step per Lightning step (a2k1), where measured."""
+    """a2 against b at one batch size: median epoch seconds, their ratio (b's time over a2's, as a speed ratio) and
+    the paired ratio of each repeat, and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds;
+    the same for a2 at one optimizer step per Lightning step (a2k1), where measured."""
     a2, b = statistics.median(times["a2"]), statistics.median(times["b"])
     row = {"batch": batch, "steps": steps, "a2_seconds": a2, "b_seconds": b, "a2/b": b / a2,
-           "overhead_ms_per_step": 1000 * (a2 - b) / steps, "a2_all": times["a2"], "b_all": times["b"]}
+           "a2/b_paired": paired(times["b"], times["a2"]), "overhead_ms_per_step": 1000 * (a2 - b) / steps,
+           "a2_all": times["a2"], "b_all": times["b"]}
     if times.get("a2k1"):
         k1 = statistics.median(times["a2k1"])
-        row |= {"a2k1_seconds": k1, "a2k1/b": b / k1, "a2k1_overhead_ms_per_step": 1000 * (k1 - b) / steps,
-                "a2k1_all": times["a2k1"]}
+        row |= {"a2k1_seconds": k1, "a2k1/b": b / k1, "a2k1/b_paired": paired(times["b"], times["a2k1"]),
+                "a2k1_overhead_ms_per_step": 1000 * (k1 - b) / steps, "a2k1_all": times["a2k1"]}
     return row
 
 
+def paired_cell(ratio: dict) -> str:
+    return f"{ratio['median']:.2f} ({ratio['low']:.2f}-{ratio['high']:.2f})"
+
+
 def sweep_table(rows: list[dict]) -> str:
-    lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) |", "|---|---|---|---|---|---|"]
+    lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) | paired a2/b (range) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps']} | {row['a2_seconds']:.2f} | {row['b_seconds']:.2f} | "
-                     f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} |")
+                     f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} | {paired_cell(row['a2/b_paired'])} |")
     return "\n".join(lines)
 
 
 def one_step_table(rows: list[dict]) -> str:
     """a2's steps per Lightning step, and a2 at one (a2k1) against b."""
-    lines = ["| batch | a2's steps per Lightning step | a2k1 epoch s | a2k1/b | a2k1 overhead per step (ms) |",
-             "|---|---|---|---|---|"]
+    lines = ["| batch | a2's steps per Lightning step | a2k1 epoch s | a2k1/b | a2k1 overhead per step (ms) | "
+             "paired a2k1/b (range) |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps_per_execution']} | {row['a2k1_seconds']:.2f} | "
-                     f"{row['a2k1/b']:.2f} | {row['a2k1_overhead_ms_per_step']:+.2f} |")
+                     f"{row['a2k1/b']:.2f} | {row['a2k1_overhead_ms_per_step']:+.2f} | "
+                     f"{paired_cell(row['a2k1/b_paired'])} |")
     return "\n".join(lines)
 
 
@@ -379,7 +394,8 @@ def print_report(report: dict) -> None:
     print(f"memory    {method['memory']}")
     if "batch_sweep" in report:
         print(f"a2 ({VARIANTS['a2']}) against b ({VARIANTS['b']}), {method['precision']}, median epoch seconds;"
-              " a2/b = b's epoch time over a2's (1.0: no overhead)\n")
+              " a2/b = b's epoch time over a2's (1.0: no overhead); paired: the median and range of that ratio"
+              " within each repeat, which times a2, a2k1 and b back to back\n")
         print(sweep_table(report["batch_sweep"]))
         print("\nthe same a2 at one optimizer step per Lightning step (a2k1: data.steps_per_execution=1):\n")
         print(one_step_table(report["batch_sweep"]))
