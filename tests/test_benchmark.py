@@ -135,7 +135,8 @@ def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_pa
                    "--batch-sizes", "64,128", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \| "
-                      r"([\d.]+) \(([\d.]+)-([\d.]+)\) \|$", result.stdout, re.MULTILINE)
+                      r"([\d.]+) \(([\d.]+)-([\d.]+)\) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|$", result.stdout,
+                      re.MULTILINE)
     assert [(batch, steps) for batch, steps, *_ in rows] == [("64", "6"), ("128", "3")]  # 400 images // batch
     report = json.loads(out.read_text())
     for row, printed in zip(report["batch_sweep"], rows, strict=True):
@@ -145,8 +146,16 @@ def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_pa
         # The paired ratio: b over a2 within each repeat, their median (of two: the mean) and range.
         each = sorted(b / a2 for a2, b in zip(row["a2_all"], row["b_all"], strict=True))
         assert row["a2/b_paired"] == pytest.approx({"median": sum(each) / 2, "low": each[0], "high": each[1]})
-        assert [float(cell) for cell in printed[-3:]] == pytest.approx(
+        assert [float(cell) for cell in printed[6:9]] == pytest.approx(
             [row["a2/b_paired"][key] for key in ("median", "low", "high")], abs=0.006)
+        # The training steps alone: inside each epoch, and their paired ratio printed beside.
+        for name in ("a2", "a2k1", "b"):
+            assert all(0 < steps < epoch for steps, epoch in zip(row[f"{name}_steps_all"], row[f"{name}_all"],
+                                                                 strict=True)), name
+        steps = sorted(b / a2 for a2, b in zip(row["a2_steps_all"], row["b_steps_all"], strict=True))
+        assert row["a2/b_steps_paired"]["low"] == pytest.approx(steps[0])
+        assert [float(cell) for cell in printed[9:]] == pytest.approx(
+            [row["a2/b_steps_paired"][key] for key in ("median", "low", "high")], abs=0.006)
     assert "note: the shortest timed epoch took" in result.stdout  # 400 images: the figures mean little, and it says so
 
 

@@ -40,7 +40,7 @@ from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
-from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, run_lightning, run_plain, run_tutorial
+from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, Timing, run_lightning, run_plain, run_tutorial
 from mnistlab.validation import check_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
@@ -256,7 +256,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
               "method": {"repeats": args.repeats, "memory": memory_kind(device), "precision": precision,
                          "epoch": "one untimed warm-up epoch, then one timed epoch: training + its evaluation"}}
 
-    def measure(name: str, repeat: int, batch: int = args.batch_size) -> tuple[float, int]:
+    def measure(name: str, repeat: int, batch: int = args.batch_size) -> Timing:
         if name in ("a", "a2", "a2k1"):
             run_dir = folder / "runs" / f"{name}-{batch}-{repeat}"
             extra = (fast(batch) if name != "a" else []) + args.overrides
@@ -268,26 +268,27 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
 
     if args.batch_sizes is not None:
         sizes = [int(size) for size in args.batch_sizes.split(",")]
-        sweep = {batch: {"a2": [], "a2k1": [], "b": []} for batch in sizes}
+        sweep = {batch: {name: [] for name in ("a2", "a2k1", "b")} for batch in sizes}
         for repeat in range(args.repeats):
             for batch in sizes:
                 for name in ("a2", "a2k1", "b"):
-                    epoch_seconds, _ = measure(name, repeat, batch)
-                    sweep[batch][name].append(epoch_seconds)
-                    print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {epoch_seconds:7.2f} s",
-                          flush=True)
-        report_sweep = [overhead_row(batch, times, trained // batch) | {"steps_per_execution": groups(base, batch)}
-                        for batch, times in sweep.items()]
+                    timing = measure(name, repeat, batch)
+                    sweep[batch][name].append(timing)
+                    print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {timing.seconds:7.2f} s "
+                          f"(steps {timing.step_seconds:.2f} s)", flush=True)
+        report_sweep = [overhead_row(batch, timings, trained // batch) | {"steps_per_execution": groups(base, batch)}
+                        for batch, timings in sweep.items()]
         return header | {"batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
     for repeat in range(args.repeats):
         for name in variants:
             with PeakMemory(device) as memory:
-                epoch_seconds, images[name] = measure(name, repeat)
-            seconds[name].append(epoch_seconds)
+                timing = measure(name, repeat)
+            seconds[name].append(timing.seconds)
+            images[name] = timing.images
             peaks[name].append(memory)
-            print(f"repeat {repeat + 1}/{args.repeats}  {name:<3} {epoch_seconds:7.2f} s", flush=True)
+            print(f"repeat {repeat + 1}/{args.repeats}  {name:<3} {timing.seconds:7.2f} s", flush=True)
     results = {v: summarize(seconds[v], images[v], peaks[v]) for v in variants}
     report = header | {"settings": {v: settings[v] for v in variants}, "results": results,
                        "ratios": ratios(results)}
@@ -312,18 +313,25 @@ def paired(b: list[float], other: list[float]) -> dict:
     return {"median": statistics.median(each), "low": min(each), "high": max(each)}
 
 
-def overhead_row(batch: int, times: dict[str, list[float]], steps: int) -> dict:
+def overhead_row(batch: int, timings: dict[str, list[Timing]], steps: int) -> dict:
     """a2 against b at one batch size: median epoch seconds, their ratio (b's time over a2's, as a speed ratio) and
-    the paired ratio of each repeat, and what mnistlab adds per training step, (a2 - b) / steps, in milliseconds;
-    the same for a2 at one optimizer step per Lightning step (a2k1), where measured."""
+    the paired ratio of each repeat, the paired ratio of their training steps alone, and what mnistlab adds per
+    training step, (a2 - b) / steps, in milliseconds; the same for a2 at one optimizer step per Lightning step
+    (a2k1), where measured."""
+    times = {name: [t.seconds for t in runs] for name, runs in timings.items()}
+    step_times = {name: [t.step_seconds for t in runs] for name, runs in timings.items()}
     a2, b = statistics.median(times["a2"]), statistics.median(times["b"])
     row = {"batch": batch, "steps": steps, "a2_seconds": a2, "b_seconds": b, "a2/b": b / a2,
-           "a2/b_paired": paired(times["b"], times["a2"]), "overhead_ms_per_step": 1000 * (a2 - b) / steps,
-           "a2_all": times["a2"], "b_all": times["b"]}
+           "a2/b_paired": paired(times["b"], times["a2"]),
+           "a2/b_steps_paired": paired(step_times["b"], step_times["a2"]),
+           "overhead_ms_per_step": 1000 * (a2 - b) / steps, "a2_all": times["a2"], "b_all": times["b"],
+           "a2_steps_all": step_times["a2"], "b_steps_all": step_times["b"]}
     if times.get("a2k1"):
         k1 = statistics.median(times["a2k1"])
         row |= {"a2k1_seconds": k1, "a2k1/b": b / k1, "a2k1/b_paired": paired(times["b"], times["a2k1"]),
-                "a2k1_overhead_ms_per_step": 1000 * (k1 - b) / steps, "a2k1_all": times["a2k1"]}
+                "a2k1/b_steps_paired": paired(step_times["b"], step_times["a2k1"]),
+                "a2k1_overhead_ms_per_step": 1000 * (k1 - b) / steps, "a2k1_all": times["a2k1"],
+                "a2k1_steps_all": step_times["a2k1"]}
     return row
 
 
@@ -332,22 +340,23 @@ def paired_cell(ratio: dict) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) | paired a2/b (range) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) | paired a2/b (range) | "
+             "steps alone, paired a2/b (range) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps']} | {row['a2_seconds']:.2f} | {row['b_seconds']:.2f} | "
-                     f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} | {paired_cell(row['a2/b_paired'])} |")
+                     f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} | {paired_cell(row['a2/b_paired'])} | "
+                     f"{paired_cell(row['a2/b_steps_paired'])} |")
     return "\n".join(lines)
 
 
 def one_step_table(rows: list[dict]) -> str:
     """a2's steps per Lightning step, and a2 at one (a2k1) against b."""
     lines = ["| batch | a2's steps per Lightning step | a2k1 epoch s | a2k1/b | a2k1 overhead per step (ms) | "
-             "paired a2k1/b (range) |", "|---|---|---|---|---|---|"]
+             "paired a2k1/b (range) | steps alone, paired a2k1/b (range) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps_per_execution']} | {row['a2k1_seconds']:.2f} | "
                      f"{row['a2k1/b']:.2f} | {row['a2k1_overhead_ms_per_step']:+.2f} | "
-                     f"{paired_cell(row['a2k1/b_paired'])} |")
+                     f"{paired_cell(row['a2k1/b_paired'])} | {paired_cell(row['a2k1/b_steps_paired'])} |")
     return "\n".join(lines)
 
 
@@ -395,7 +404,8 @@ def print_report(report: dict) -> None:
     if "batch_sweep" in report:
         print(f"a2 ({VARIANTS['a2']}) against b ({VARIANTS['b']}), {method['precision']}, median epoch seconds;"
               " a2/b = b's epoch time over a2's (1.0: no overhead); paired: the median and range of that ratio"
-              " within each repeat, which times a2, a2k1 and b back to back\n")
+              " within each repeat, which times a2, a2k1 and b back to back; steps alone: the same ratio of the"
+              " epoch's training steps, without its validation and epoch-end work\n")
         print(sweep_table(report["batch_sweep"]))
         print("\nthe same a2 at one optimizer step per Lightning step (a2k1: data.steps_per_execution=1):\n")
         print(one_step_table(report["batch_sweep"]))

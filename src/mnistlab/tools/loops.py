@@ -1,13 +1,13 @@
 """The three training loops mnistlab-bench times against each other: mnistlab as users run it (a Lightning fit
 built as `python train.py` builds it), the plain loop over the same device-resident data (the floor), and the
-classic loop of PyTorch's MNIST example. Each gives (seconds, training examples) of one timed epoch after an
-untimed warm-up epoch."""
+classic loop of PyTorch's MNIST example. Each gives the Timing of one timed epoch after an untimed warm-up epoch."""
 
 import contextlib
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +27,15 @@ TUTORIAL_BATCH, TUTORIAL_TEST_BATCH, TUTORIAL_NORMALIZE = 64, 1000, ((0.1307,), 
 TUTORIAL_SGD = {"lr": 0.01, "momentum": 0.5}
 
 
+class Timing(NamedTuple):
+    """One timed epoch: its seconds (training and validation), the training examples it ran, and the seconds of its
+    training steps alone (each step's data, forward, backward and optimizer, with what the loop does around it)."""
+
+    seconds: float
+    images: int
+    step_seconds: float
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so a clock read covers it (a no-op on the CPU)."""
     if device.type == "cuda":
@@ -36,24 +45,32 @@ def sync(device: torch.device) -> None:
 class EpochTimer(pl.Callback):
     """Times the second epoch of a fit (the first, untimed, is the warm-up), from its start to the end of
     training: the fit is stopped right after that epoch's validation, epoch-end callbacks (images, histograms,
-    checkpoints) and epoch-end logging. That is a typical epoch of a run of any length; the validation figures
-    (the confusion matrix and the mistakes, every 5th epoch and at the last) fall outside it. With a `profiler`,
-    profiles that epoch too."""
+    checkpoints) and epoch-end logging. That is a typical epoch of a run of any length. Outside it: the validation
+    figures (the confusion matrix and the mistakes, every 5th epoch and at the last), and what callbacks do once
+    a run, at its end (the projector's features): run_lightning puts the timer first, so its `on_train_end`
+    stops the clock before theirs. With a `profiler`, profiles that epoch too."""
 
     TIMED_EPOCH = 1
 
     def __init__(self, profiler: torch.profiler.profile | None = None):
         self.profiler, self.start, self.seconds, self.images = profiler, 0.0, 0.0, 0
+        self.step_start, self.step_seconds = 0.0, 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.TIMED_EPOCH:
             sync(pl_module.device)
-            self.images, self.start = 0, time.perf_counter()
+            self.images, self.step_seconds, self.start = 0, 0.0, time.perf_counter()
             if self.profiler is not None:
                 self.profiler.start()
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.step_start = time.perf_counter()  # the group's first batch is cut inside the step it starts
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.images += batch.images if isinstance(batch, StepGroup) else len(batch[1])
+        if trainer.current_epoch == self.TIMED_EPOCH:
+            sync(pl_module.device)  # once a Lightning step: once a group of steps_per_execution
+            self.step_seconds += time.perf_counter() - self.step_start
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.TIMED_EPOCH:
@@ -69,7 +86,7 @@ class EpochTimer(pl.Callback):
             self.profiler.stop()
 
 
-def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> tuple[float, int]:
+def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> Timing:
     """(a): build the run exactly as mnistlab.train.train does, fit it, time its second epoch (EpochTimer stops
     the fit there). The progress
     bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
@@ -77,28 +94,32 @@ def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = Non
     pl.seed_everything(cfg.seed, workers=True)
     timer = EpochTimer(profiler)
     datamodule, module, trainer = build_run(cfg, (timer,))
+    trainer.callbacks.insert(0, trainer.callbacks.pop(trainer.callbacks.index(timer)))  # first in every hook
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         trainer.fit(module, datamodule=datamodule)
-    return timer.seconds, timer.images
+    return Timing(timer.seconds, timer.images, timer.step_seconds)
 
 
-def timed(epoch, device: torch.device) -> tuple[float, int]:
-    """One untimed warm-up epoch, then (seconds, training images) of a timed one."""
+def timed(epoch: Callable[[], tuple[int, float]], device: torch.device) -> Timing:
+    """One untimed warm-up epoch, then the Timing of a timed one; `epoch` returns (training images, seconds of
+    its training loop)."""
     epoch()
     sync(device)
     start = time.perf_counter()
-    images = epoch()
+    images, step_seconds = epoch()
     sync(device)
-    return time.perf_counter() - start, images
+    return Timing(time.perf_counter() - start, images, step_seconds)
 
 
-def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> tuple[float, int]:
+def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> Timing:
     """(b): the floor, a warm-up epoch and a timed one (plain_epoch)."""
     return timed(plain_epoch(cfg, datamodule, device, batch, bf16), device)
 
 
-def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> Callable[[], int]:
-    """One epoch of the plain loop and its validation pass; returns the examples trained. The task supplies the
+def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int,
+                bf16: bool) -> Callable[[], tuple[int, float]]:
+    """One epoch of the plain loop and its validation pass; returns (examples trained, seconds of the training
+    loop). The task supplies the
     network, its plain criterion and its right answers, the data module the batches (uint8 on the device, composed
     as its training loader composes them) and the validation set. No host read per step: the shuffle, the batches
     and the accuracy stay on the device."""
@@ -114,8 +135,9 @@ def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, b
     steps_per_epoch = datamodule.training_items() // batch
     schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
 
-    def epoch() -> int:
+    def epoch() -> tuple[int, float]:
         net.train()
+        start = time.perf_counter()
         for images, labels in datamodule.plain_batches(batch):
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 loss = task.loss(net(datamodule.normalize(images)), labels)
@@ -124,6 +146,8 @@ def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, b
             optimizer.step()
             if schedule is not None:
                 schedule.step()
+        sync(device)
+        step_seconds = time.perf_counter() - start
         net.eval()
         correct = torch.zeros((), dtype=torch.long, device=device)
         with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -131,13 +155,12 @@ def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int, b
                 logits = net(datamodule.normalize(val_x[start : start + eval_batch]))
                 correct += task.answer_counts(logits, val_y[start : start + eval_batch])[0]
         correct.item()  # the epoch's one host read, as a real loop reports its accuracy
-        return steps_per_epoch * batch
+        return steps_per_epoch * batch, step_seconds
 
     return epoch
 
 
-def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
-                 device: torch.device) -> tuple[float, int]:
+def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int, device: torch.device) -> Timing:
     """(c): PyTorch's examples/mnist loop (its every-10-batches loss print left out), with our model and the
     classic example's SGD (lr 0.01, momentum 0.5)."""
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*TUTORIAL_NORMALIZE)])
@@ -151,14 +174,17 @@ def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
     net = build_config_network(OmegaConf.to_container(cfg.model, resolve=True)).to(device)
     optimizer = torch.optim.SGD(net.parameters(), **TUTORIAL_SGD)
 
-    def epoch() -> int:
+    def epoch() -> tuple[int, float]:
         net.train()
+        start = time.perf_counter()
         for data, target in train_loader:
             data, target = data.to(device), target.to(device)
             optimizer.zero_grad()
             loss = F.cross_entropy(net(data), target)
             loss.backward()
             optimizer.step()
+        sync(device)
+        step_seconds = time.perf_counter() - start
         net.eval()
         test_loss = correct = 0  # summed with a host read per batch, as the example's test() does
         with torch.no_grad():
@@ -167,6 +193,6 @@ def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int,
                 output = net(data)
                 test_loss += F.cross_entropy(output, target, reduction="sum").item()
                 correct += output.argmax(1).eq(target).sum().item()
-        return len(train_loader.dataset)
+        return len(train_loader.dataset), step_seconds
 
     return timed(epoch, device)
