@@ -53,8 +53,7 @@ class EpochTimer(pl.Callback):
     TIMED_EPOCH = 1
 
     def __init__(self, profiler: torch.profiler.profile | None = None):
-        self.profiler, self.start, self.seconds, self.images = profiler, 0.0, 0.0, 0
-        self.step_start, self.step_seconds = 0.0, 0.0
+        self.profiler, self.start, self.seconds, self.images, self.step_seconds = profiler, 0.0, 0.0, 0, 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.TIMED_EPOCH:
@@ -63,16 +62,21 @@ class EpochTimer(pl.Callback):
             if self.profiler is not None:
                 self.profiler.start()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.step_start = time.perf_counter()  # the group's first batch is cut inside the step it starts
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.images += batch.images if isinstance(batch, StepGroup) else len(batch[1])
-        if trainer.current_epoch == self.TIMED_EPOCH:
-            sync(pl_module.device)  # once a Lightning step: once a group of steps_per_execution
-            self.step_seconds += time.perf_counter() - self.step_start
+
+    def end_of_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The timed epoch's training steps end where its validation (or, without one, its end) begins: one clock
+        read, and one device sync, an epoch."""
+        if trainer.current_epoch == self.TIMED_EPOCH and not trainer.sanity_checking and not self.step_seconds:
+            sync(pl_module.device)
+            self.step_seconds = time.perf_counter() - self.start
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.end_of_steps(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.end_of_steps(trainer, pl_module)
         if trainer.current_epoch == self.TIMED_EPOCH:
             trainer.should_stop = True
 
