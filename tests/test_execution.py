@@ -61,6 +61,15 @@ def test_eight_steps_per_execution_give_the_weights_of_one(recipe, tmp_path, syn
         assert points[0] == points[1] and len(points[0]) >= 3, (tag, points)
 
 
+def test_eight_steps_per_execution_under_bf16_autocast_give_the_weights_of_one(tmp_path, synthetic_root):
+    """Lightning's autocast spans the whole group: each step must compute with the weights the previous step left,
+    so autocast's cache of bf16 weight copies, which lasts as long as the context, must stay off."""
+    bf16 = [f"data.root={synthetic_root}", "trainer.precision=bf16-mixed"]
+    one, eight = train_at(tmp_path, "k1", 1, *bf16), train_at(tmp_path, "k8", 8, *bf16)
+    assert_same_weights(one["folder"] / "checkpoints" / "last.ckpt", eight["folder"] / "checkpoints" / "last.ckpt")
+    assert one["test/acc"] == eight["test/acc"]
+
+
 class SaveMidEpoch(pl.Callback):
     """Saves checkpoints/mid.ckpt after the first group of epoch 1: mid-epoch, as a SLURM requeue or a kill
     between two groups leaves it."""

@@ -12,6 +12,7 @@ The contract, so that no code outside tasks/ branches on a task's kind:
 - `predict_images(data, paths, settings)`: mnistlab-predict's answer for image files, each row with its `answer`.
 """
 
+import operator
 
 import pytorch_lightning as pl
 import torch
@@ -135,49 +136,72 @@ class Classifier(pl.LightningModule):
         # With mixed targets, accuracy is measured against the dominant label.
         return loss, logits, targets.argmax(1) if targets.ndim == 2 else targets
 
-    def answer_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(correct answers, answers) of one training batch, as tensors on the device."""
-        return (logits.argmax(1) == labels).sum(), torch.full((), len(labels), device=labels.device)
+    def answer_counts(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """(correct answers, answers) of one training batch: a tensor on the device, and a count (a tensor there
+        too where counting needs the data, else an int)."""
+        return (logits.argmax(1) == labels).sum(), len(labels)
 
     def training_step(self, batches, batch_idx: int) -> dict:
         """One optimizer step per batch of `batches`: a (images, labels) batch, or a group of them
         (data.steps_per_execution, see mnistlab.execution), each with the step's schedule, clipping and per-step
         callbacks as Lightning's automatic optimization would run them."""
         group = batches if isinstance(batches, StepGroup) else [batches]
-        optimizer, hooks, last, losses = self.optimizers(), self.step_hooks, len(group) - 1, []
+        optimizer, hooks, last, trainer = self.optimizers(), self.step_hooks, len(group) - 1, self.trainer
+        every, max_steps = trainer.log_every_n_steps, trainer.max_steps
+        losses, corrects, answers = [], [], []
         for i, (x, y) in enumerate(group):
             if i:
                 hooks.start(batches, batch_idx)
-            loss = self.optimizer_step_on(optimizer, x, y)
+            loss, correct, count = self.optimizer_step_on(optimizer, x, y)
             losses.append(loss)
+            corrects.append(correct)
+            answers.append(count)
+            step = trainer.global_step
             # Each `self.log` call costs Lightning about half a millisecond, so the step loss is logged only where
             # the logger writes (every trainer.log_every_n_steps) and at each epoch's first step (progress bar).
-            every = self.trainer.log_every_n_steps
-            if (batch_idx == 0 and i == 0) or (every and self.trainer.global_step % every == 0):
+            if (batch_idx == 0 and i == 0) or (every and step % every == 0):
                 self.log("train/loss_step", loss, prog_bar=True, batch_size=len(y))
-            if i == last or 0 <= self.trainer.max_steps <= self.trainer.global_step:
+            if i == last or 0 <= max_steps <= step:
                 break
             hooks.end({"loss": loss}, batches, batch_idx)
         hooks.after_group()
-        return {"loss": torch.stack(losses)}  # one per optimizer step (mnistlab.execution.step_losses)
+        losses = torch.stack(losses)
+        self.add_to_training_totals(losses, corrects, answers)
+        return {"loss": losses}  # one per optimizer step (mnistlab.execution.step_losses)
 
-    def optimizer_step_on(self, optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One step: loss, backward, optimizer (clipping in on_before_optimizer_step), the per-step schedules."""
+    def optimizer_step_on(self, optimizer, x: torch.Tensor,
+                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
+        """One step: loss, backward, optimizer (clipping in on_before_optimizer_step), the per-step schedules.
+        Returns the loss and the batch's answer_counts."""
         loss, logits, labels = self.training_loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
+        # Lightning's autocast spans the whole training_step; its automatic optimization runs the backward and the
+        # optimizer outside it, as torch recommends, and so does this: the backward's ops skip autocast's dispatch.
+        with torch.autocast(self.device.type, enabled=False):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
         for config in self.trainer.lr_scheduler_configs:
             if config.interval == "step" and self.trainer.global_step % config.frequency == 0:
                 config.scheduler.step()
-        # The epoch's figures are running sums on the device, one add a step: two torchmetrics updates cost ten
-        # times that in Python, and a step of this network is a few milliseconds.
         with torch.no_grad():
-            correct, answers = self.answer_counts(logits, labels)
-            step = torch.stack((loss.detach().float() * answers, correct.float(), answers.float()))
+            return loss.detach(), *self.answer_counts(logits, labels)
+
+    def add_to_training_totals(self, losses: torch.Tensor, corrects: list[torch.Tensor],
+                               answers: list[torch.Tensor | int]) -> None:
+        """Adds a group's steps to the epoch's running figures, which stay on the device: (loss x answers,
+        correct, answers) summed once a group, as a few tensor operations, rather than once a step."""
+        with torch.no_grad():
+            losses = losses.float()
+            if isinstance(answers[0], torch.Tensor):
+                counts = torch.stack(answers).float()
+                loss_sum, answered = (losses * counts).sum(), counts.sum()
+            else:  # counted on the host: made on the device by a fill, not copied there (a copy waits for it)
+                equal = len(set(answers)) == 1
+                loss_sum = losses.sum() * answers[0] if equal else sum(map(operator.mul, losses, answers))
+                answered = torch.full((), float(sum(answers)), device=losses.device)
+            group = torch.stack((loss_sum, torch.stack(corrects).sum().float(), answered))
             # Started here, not at the epoch's start: a run resumed mid-epoch starts there without that hook.
-            self.train_totals = step if self.train_totals is None else self.train_totals + step
-        return loss.detach()
+            self.train_totals = group if self.train_totals is None else self.train_totals + group
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """trainer.gradient_clip_val, applied where automatic optimization applies it: after the backward pass
