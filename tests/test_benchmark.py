@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import subprocess
 import sys
 
@@ -132,11 +133,11 @@ def test_caveats_name_short_epochs_few_repeats_and_a_busy_machine():
 def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_path):
     out = tmp_path / "sweep.json"
     result = bench("--data-root", str(synthetic_root), "--train-images", "600", "--val-size", "200", "--repeats", "2",
-                   "--batch-sizes", "64,128", "--json", str(out))
+                   "--batch-sizes", "64,128", "--json", str(out), "data.steps_per_execution=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \| "
-                      r"([\d.]+) \(([\d.]+)-([\d.]+)\) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|$", result.stdout,
-                      re.MULTILINE)
+    cell = r"([\d.]+) \(([\d.]+)-([\d.]+)\)"
+    rows = re.findall(rf"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+) \| {cell} \| {cell} \| "
+                      rf"{cell} \|$", result.stdout, re.MULTILINE)
     assert [(batch, steps) for batch, steps, *_ in rows] == [("64", "6"), ("128", "3")]  # 400 images // batch
     report = json.loads(out.read_text())
     for row, printed in zip(report["batch_sweep"], rows, strict=True):
@@ -154,8 +155,19 @@ def test_a_batch_size_sweep_reports_the_overhead_per_step(synthetic_root, tmp_pa
                                                                  strict=True)), name
         steps = sorted(b / a2 for a2, b in zip(row["a2_steps_all"], row["b_steps_all"], strict=True))
         assert row["a2/b_steps_paired"]["low"] == pytest.approx(steps[0])
-        assert [float(cell) for cell in printed[9:]] == pytest.approx(
+        assert [float(cell) for cell in printed[9:12]] == pytest.approx(
             [row["a2/b_steps_paired"][key] for key in ("median", "low", "high")], abs=0.006)
+        # Interleaved: every optimizer step of one more fit's timed epoch, in groups of 2, each against as many
+        # plain-loop steps run right after it.
+        assert row["steps_per_execution"] == 2 and row["interleaved_steps"] == row["steps"]
+        assert row["interleaved_groups"] == len(row["interleaved_a2_all"]) == math.ceil(row["steps"] / 2)
+        each = [b / a2 for a2, b in zip(row["interleaved_a2_all"], row["interleaved_b_all"], strict=True)]
+        assert row["a2/b_interleaved"] == pytest.approx({"median": statistics.median(each), "low": min(each),
+                                                         "high": max(each)})
+        assert row["a2/b_interleaved_total"] == pytest.approx(sum(row["interleaved_b_all"]) /
+                                                              sum(row["interleaved_a2_all"]))
+        assert [float(cell) for cell in printed[12:]] == pytest.approx(
+            [row["a2/b_interleaved"][key] for key in ("median", "low", "high")], abs=0.006)
     assert "note: the shortest timed epoch took" in result.stdout  # 400 images: the figures mean little, and it says so
 
 

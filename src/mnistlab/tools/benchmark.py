@@ -40,7 +40,16 @@ from mnistlab.data.synthetic import write_synthetic_dataset
 from mnistlab.errors import ConfigError, DataError, MnistlabError
 from mnistlab.execution import auto_steps_per_execution
 from mnistlab.precision import bf16_support, cpu_model
-from mnistlab.tools.loops import TUTORIAL_BATCH, EpochTimer, Timing, run_lightning, run_plain, run_tutorial
+from mnistlab.tools.loops import (
+    TUTORIAL_BATCH,
+    EpochTimer,
+    InterleavedSteps,
+    PlainLoop,
+    Timing,
+    run_lightning,
+    run_plain,
+    run_tutorial,
+)
 from mnistlab.validation import check_config
 
 MNIST_SIZE = {"train": 60000, "test": 10000}  # the synthetic stand-in's size
@@ -276,8 +285,16 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict:
                     sweep[batch][name].append(timing)
                     print(f"repeat {repeat + 1}/{args.repeats}  batch {batch:<4} {name:<3} {timing.seconds:7.2f} s "
                           f"(steps {timing.step_seconds:.2f} s)", flush=True)
-        report_sweep = [overhead_row(batch, timings, trained // batch) | {"steps_per_execution": groups(base, batch)}
-                        for batch, timings in sweep.items()]
+        interleaved = {}
+        for batch in sizes:  # one more fit at each batch size: its timed epoch's steps, a2's and b's in turns
+            pairs = InterleavedSteps(PlainLoop(base, datamodule, device, batch, bf16))
+            run_lightning(compose_config(folder, args.val_size, device, folder / "runs" / f"interleaved-{batch}",
+                                         fast(batch) + args.overrides), last=pairs)
+            interleaved[batch] = interleaved_row(pairs.pairs)
+            print(f"interleaved  batch {batch:<4} {interleaved[batch]['interleaved_groups']} groups, "
+                  f"a2/b {paired_cell(interleaved[batch]['a2/b_interleaved'])}", flush=True)
+        report_sweep = [overhead_row(batch, timings, trained // batch) | interleaved[batch]
+                        | {"steps_per_execution": groups(base, batch)} for batch, timings in sweep.items()]
         return header | {"batch_sweep": report_sweep}
 
     seconds, images, peaks = {v: [] for v in variants}, {}, {v: [] for v in variants}
@@ -335,17 +352,26 @@ def overhead_row(batch: int, timings: dict[str, list[Timing]], steps: int) -> di
     return row
 
 
+def interleaved_row(pairs: list[tuple[float, float, int]]) -> dict:
+    """a2's groups of optimizer steps against as many plain-loop steps run right after each (InterleavedSteps):
+    b's time over a2's, per group (median and range) and over the whole epoch."""
+    a2, b, steps = (list(column) for column in zip(*pairs, strict=True))
+    return {"a2/b_interleaved": paired(b, a2), "a2/b_interleaved_total": sum(b) / sum(a2),
+            "interleaved_groups": len(pairs), "interleaved_steps": sum(steps), "interleaved_a2_all": a2,
+            "interleaved_b_all": b}
+
+
 def paired_cell(ratio: dict) -> str:
     return f"{ratio['median']:.2f} ({ratio['low']:.2f}-{ratio['high']:.2f})"
 
 
 def sweep_table(rows: list[dict]) -> str:
     lines = ["| batch | steps | a2 epoch s | b epoch s | a2/b | overhead per step (ms) | paired a2/b (range) | "
-             "steps alone, paired a2/b (range) |", "|---|---|---|---|---|---|---|---|"]
+             "steps alone, paired a2/b (range) | steps interleaved a2/b (range) |", "|---" * 9 + "|"]
     for row in rows:
         lines.append(f"| {row['batch']} | {row['steps']} | {row['a2_seconds']:.2f} | {row['b_seconds']:.2f} | "
                      f"{row['a2/b']:.2f} | {row['overhead_ms_per_step']:+.2f} | {paired_cell(row['a2/b_paired'])} | "
-                     f"{paired_cell(row['a2/b_steps_paired'])} |")
+                     f"{paired_cell(row['a2/b_steps_paired'])} | {paired_cell(row['a2/b_interleaved'])} |")
     return "\n".join(lines)
 
 
@@ -405,7 +431,10 @@ def print_report(report: dict) -> None:
         print(f"a2 ({VARIANTS['a2']}) against b ({VARIANTS['b']}), {method['precision']}, median epoch seconds;"
               " a2/b = b's epoch time over a2's (1.0: no overhead); paired: the median and range of that ratio"
               " within each repeat, which times a2, a2k1 and b back to back; steps alone: the same ratio of the"
-              " epoch's training steps, without its validation and epoch-end work\n")
+              " epoch's training steps, without its validation and epoch-end work; steps interleaved: one more fit"
+              " whose timed epoch runs as many plain-loop steps after each of its Lightning steps, b's time over"
+              " a2's per group (median and range), the framework's cost per step with the least of a busy"
+              " machine's drift\n")
         print(sweep_table(report["batch_sweep"]))
         print("\nthe same a2 at one optimizer step per Lightning step (a2k1: data.steps_per_execution=1):\n")
         print(one_step_table(report["batch_sweep"]))

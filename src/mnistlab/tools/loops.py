@@ -19,7 +19,7 @@ from torchvision import datasets, transforms
 
 from mnistlab.build import build_run, build_task
 from mnistlab.errors import ConfigError
-from mnistlab.execution import StepGroup
+from mnistlab.execution import StepGroup, step_losses
 from mnistlab.models.registry import build_config_network
 
 # PyTorch's examples/mnist: batch 64, test batch 1000, MNIST's mean and std; the SGD of its classic version.
@@ -90,15 +90,17 @@ class EpochTimer(pl.Callback):
             self.profiler.stop()
 
 
-def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None) -> Timing:
+def run_lightning(cfg: DictConfig, profiler: torch.profiler.profile | None = None,
+                  last: pl.Callback | None = None) -> Timing:
     """(a): build the run exactly as mnistlab.train.train does, fit it, time its second epoch (EpochTimer stops
-    the fit there). The progress
-    bar and the model summary still draw (they are part of a user's run) but into os.devnull, to keep the
-    table readable."""
+    the fit there). The progress bar and the model summary still draw (they are part of a user's run) but into
+    os.devnull, to keep the table readable. `last`: a callback that runs after every other in each hook."""
     pl.seed_everything(cfg.seed, workers=True)
     timer = EpochTimer(profiler)
-    datamodule, module, trainer = build_run(cfg, (timer,))
+    datamodule, module, trainer = build_run(cfg, (timer,) + ((last,) if last else ()))
     trainer.callbacks.insert(0, trainer.callbacks.pop(trainer.callbacks.index(timer)))  # first in every hook
+    if last is not None:
+        trainer.callbacks.append(trainer.callbacks.pop(trainer.callbacks.index(last)))
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         trainer.fit(module, datamodule=datamodule)
     return Timing(timer.seconds, timer.images, timer.step_seconds)
@@ -116,52 +118,110 @@ def timed(epoch: Callable[[], tuple[int, float]], device: torch.device) -> Timin
 
 
 def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool) -> Timing:
-    """(b): the floor, a warm-up epoch and a timed one (plain_epoch)."""
-    return timed(plain_epoch(cfg, datamodule, device, batch, bf16), device)
+    """(b): the floor, a warm-up epoch and a timed one (PlainLoop.epoch)."""
+    return timed(PlainLoop(cfg, datamodule, device, batch, bf16).epoch, device)
 
 
 def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int,
                 bf16: bool) -> Callable[[], tuple[int, float]]:
-    """One epoch of the plain loop and its validation pass; returns (examples trained, seconds of the training
-    loop). The task supplies the
-    network, its plain criterion and its right answers, the data module the batches (uint8 on the device, composed
-    as its training loader composes them) and the validation set. No host read per step: the shuffle, the batches
-    and the accuracy stay on the device."""
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg)
-    net = task.net.to(device)
-    if bf16:
-        net.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer, _partial_=True)(net.parameters())
-    val_x, val_y = (t.to(device) for t in datamodule.plain_validation())
-    eval_batch = cfg.data.eval_batch_size
-    # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
-    steps_per_epoch = datamodule.training_items() // batch
-    schedule = instantiate(cfg.scheduler)(optimizer, steps_per_epoch * cfg.trainer.max_epochs, steps_per_epoch)
+    """One epoch of the plain loop and its validation pass, as a function (see PlainLoop.epoch)."""
+    return PlainLoop(cfg, datamodule, device, batch, bf16).epoch
 
-    def epoch() -> tuple[int, float]:
-        net.train()
+
+class PlainLoop:
+    """(b), the floor. The task supplies the network, its plain criterion and its right answers, the data module
+    the batches (uint8 on the device, composed as its training loader composes them) and the validation set. No
+    host read per step: the shuffle, the batches and the accuracy stay on the device."""
+
+    def __init__(self, cfg: DictConfig, datamodule, device: torch.device, batch: int, bf16: bool):
+        torch.manual_seed(cfg.seed)
+        self.task, self.datamodule, self.device = build_task(cfg), datamodule, device
+        self.batch, self.bf16 = batch, bf16
+        self.net = self.task.net.to(device)
+        if bf16:
+            self.net.to(memory_format=torch.channels_last)
+        self.optimizer = instantiate(cfg.optimizer, _partial_=True)(self.net.parameters())
+        self.val_x, self.val_y = (t.to(device) for t in datamodule.plain_validation())
+        self.eval_batch = cfg.data.eval_batch_size
+        # The run's own schedule (warmup included), stepped per batch as in a: a large batch's lr needs its warmup.
+        self.steps_per_epoch = datamodule.training_items() // batch
+        self.schedule = instantiate(cfg.scheduler)(self.optimizer, self.steps_per_epoch * cfg.trainer.max_epochs,
+                                                   self.steps_per_epoch)
+        self.stream = self.endless_batches()
+
+    def endless_batches(self):
+        while True:
+            yield from self.datamodule.plain_batches(self.batch)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            loss = self.task.loss(self.net(self.datamodule.normalize(images)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+
+    def epoch(self) -> tuple[int, float]:
+        """One epoch in a fresh order and its validation pass: (examples trained, seconds of the training loop)."""
+        self.net.train()
         start = time.perf_counter()
-        for images, labels in datamodule.plain_batches(batch):
-            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                loss = task.loss(net(datamodule.normalize(images)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-        sync(device)
+        for images, labels in self.datamodule.plain_batches(self.batch):
+            self.step(images, labels)
+        sync(self.device)
         step_seconds = time.perf_counter() - start
-        net.eval()
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            for start in range(0, len(val_y), eval_batch):
-                logits = net(datamodule.normalize(val_x[start : start + eval_batch]))
-                correct += task.answer_counts(logits, val_y[start : start + eval_batch])[0]
+        self.net.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            for first in range(0, len(self.val_y), self.eval_batch):
+                logits = self.net(self.datamodule.normalize(self.val_x[first : first + self.eval_batch]))
+                correct += self.task.answer_counts(logits, self.val_y[first : first + self.eval_batch])[0]
         correct.item()  # the epoch's one host read, as a real loop reports its accuracy
-        return steps_per_epoch * batch, step_seconds
+        return self.steps_per_epoch * self.batch, step_seconds
 
-    return epoch
+    def steps(self, count: int) -> float:
+        """The seconds of `count` training steps, going on from where the last call stopped."""
+        self.net.train()
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(count):
+            self.step(*next(self.stream))
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+class InterleavedSteps(pl.Callback):
+    """a2's training steps against b's, group by group, in the epoch EpochTimer times: after each Lightning step
+    (its group of optimizer steps) the plain loop runs as many steps. A pair lies within a second or so, where a
+    shared machine's speed, which drifts over seconds, is nearly the same for both. Put last (run_lightning's
+    `last`), so that a2's time holds every other callback's per-step hooks; each time also holds the step's
+    share of Lightning's loop between groups."""
+
+    WARMUP_STEPS = 10
+
+    def __init__(self, plain: PlainLoop):
+        self.plain, self.mark = plain, None
+        self.pairs: list[tuple[float, float, int]] = []  # (a2 seconds, b seconds, optimizer steps) a group
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == EpochTimer.TIMED_EPOCH:
+            self.plain.steps(self.WARMUP_STEPS)
+            self.mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.mark is None:
+            return
+        sync(pl_module.device)
+        seconds = time.perf_counter() - self.mark
+        steps = len(step_losses(outputs, trainer)[0])
+        self.pairs.append((seconds, self.plain.steps(steps), steps))
+        self.mark = time.perf_counter()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.mark = None  # the timed epoch's steps are over
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.mark = None
 
 
 def run_tutorial(cfg: DictConfig, root: Path, train_size: int, val_size: int, device: torch.device) -> Timing:
