@@ -3,6 +3,7 @@ counts that a group must divide, and the loader's groups."""
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import pytorch_lightning as pl
@@ -61,13 +62,29 @@ def test_eight_steps_per_execution_give_the_weights_of_one(recipe, tmp_path, syn
         assert points[0] == points[1] and len(points[0]) >= 3, (tag, points)
 
 
+class AutocastProbe(pl.Callback):
+    """Notes whether autocast is on where the backward starts and where the optimizer step begins."""
+
+    seen: ClassVar[list[tuple[str, bool]]] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.seen.append(("backward", torch.is_autocast_enabled("cpu")))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.seen.append(("step", torch.is_autocast_enabled("cpu")))
+
+
 def test_eight_steps_per_execution_under_bf16_autocast_give_the_weights_of_one(tmp_path, synthetic_root):
     """Lightning's autocast spans the whole group: each step must compute with the weights the previous step left,
-    so autocast's cache of bf16 weight copies, which lasts as long as the context, must stay off."""
+    so autocast's cache of bf16 weight copies, which lasts as long as the context, must stay off. The backward and
+    the optimizer step run outside autocast, as automatic optimization runs them."""
     bf16 = [f"data.root={synthetic_root}", "trainer.precision=bf16-mixed"]
-    one, eight = train_at(tmp_path, "k1", 1, *bf16), train_at(tmp_path, "k8", 8, *bf16)
+    AutocastProbe.seen.clear()
+    one = train_at(tmp_path, "k1", 1, *bf16)
+    eight = train_at(tmp_path, "k8", 8, *bf16, "+callbacks.probe._target_=tests.test_execution.AutocastProbe")
     assert_same_weights(one["folder"] / "checkpoints" / "last.ckpt", eight["folder"] / "checkpoints" / "last.ckpt")
     assert one["test/acc"] == eight["test/acc"]
+    assert len(AutocastProbe.seen) == 2 * 30 and not any(on for _, on in AutocastProbe.seen)  # 2 epochs of 15 steps
 
 
 class SaveMidEpoch(pl.Callback):

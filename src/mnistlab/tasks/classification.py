@@ -174,8 +174,8 @@ class Classifier(pl.LightningModule):
         """One step: loss, backward, optimizer (clipping in on_before_optimizer_step), the per-step schedules.
         Returns the loss and the batch's answer_counts."""
         loss, logits, labels = self.training_loss(x, y)
-        # Lightning's autocast spans the whole training_step; its automatic optimization runs the backward and the
-        # optimizer outside it, as torch recommends, and so does this: the backward's ops skip autocast's dispatch.
+        # Lightning's autocast spans the whole training_step. Its automatic optimization runs the backward and the
+        # optimizer step outside it (torch advises against backward passes under autocast), and so does this.
         with torch.autocast(self.device.type, enabled=False):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
