@@ -122,12 +122,6 @@ def run_plain(cfg: DictConfig, datamodule, device: torch.device, batch: int, bf1
     return timed(PlainLoop(cfg, datamodule, device, batch, bf16).epoch, device)
 
 
-def plain_epoch(cfg: DictConfig, datamodule, device: torch.device, batch: int,
-                bf16: bool) -> Callable[[], tuple[int, float]]:
-    """One epoch of the plain loop and its validation pass, as a function (see PlainLoop.epoch)."""
-    return PlainLoop(cfg, datamodule, device, batch, bf16).epoch
-
-
 class PlainLoop:
     """(b), the floor. The task supplies the network, its plain criterion and its right answers, the data module
     the batches (uint8 on the device, composed as its training loader composes them) and the validation set. No

@@ -20,7 +20,7 @@ import torch
 
 from mnistlab.build import build_datamodule
 from mnistlab.config import compose_run_config
-from mnistlab.tools.loops import plain_epoch, sync
+from mnistlab.tools.loops import PlainLoop, sync
 
 REPO = Path(__file__).resolve().parents[3]
 EPOCHS = (1, 3)
@@ -51,9 +51,9 @@ def run_plain_process(overrides: list[str], batch: int, precision: str, epochs: 
     datamodule = build_datamodule(cfg)
     datamodule.setup()
     bf16 = precision == "bf16-mixed"
-    epoch = plain_epoch(cfg, datamodule, torch.device("cpu"), batch, bf16)
+    plain = PlainLoop(cfg, datamodule, torch.device("cpu"), batch, bf16)
     for _ in range(epochs):
-        epoch()
+        plain.epoch()
     sync(torch.device("cpu"))
 
 
